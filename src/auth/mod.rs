@@ -1,0 +1,6 @@
+//! Tokens and Hawk: shared by the storage API (verification) and the `token` subcommand.
+
+pub mod hawk;
+pub mod tokenlib;
+
+pub use tokenlib::{Secrets, TokenPayload};

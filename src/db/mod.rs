@@ -1,0 +1,189 @@
+//! Storage behind one async trait whose methods are Sync operations, each a whole unit of work
+//! (lock, evaluate preconditions, act, commit). The only module that knows SQL.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{ApiError, ApiResult};
+use crate::protocol::post::PostItems;
+use crate::protocol::{BatchRequest, Bso, BsoQuery, Limits, Offset, Precondition, SyncTimestamp};
+
+pub mod sql;
+pub mod sqlite;
+
+/// Whose data: the tokenserver uid for SQL backends, fxa_uid/fxa_kid for Spanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserId {
+    pub legacy_id: u64,
+    pub fxa_uid: String,
+    pub fxa_kid: String,
+}
+
+impl UserId {
+    pub fn from_uid(uid: u64) -> Self {
+        UserId {
+            legacy_id: uid,
+            fxa_uid: String::new(),
+            fxa_kid: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InfoKind {
+    Collections,
+    Counts,
+    Usage,
+    Quota,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InfoBody {
+    Timestamps(BTreeMap<String, SyncTimestamp>),
+    Counts(BTreeMap<String, i64>),
+    /// KiB per collection.
+    Usage(BTreeMap<String, f64>),
+    /// KiB used in all.
+    Quota(f64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Info {
+    pub storage_ts: SyncTimestamp,
+    pub body: InfoBody,
+}
+
+/// One collection of one user, with the request's precondition.
+#[derive(Debug, Clone)]
+pub struct CollectionRef {
+    pub user: UserId,
+    pub collection: String,
+    pub precondition: Precondition,
+}
+
+#[derive(Debug, Clone)]
+pub struct BsoRef {
+    pub user: UserId,
+    pub collection: String,
+    pub id: String,
+    pub precondition: Precondition,
+}
+
+#[derive(Debug, Clone)]
+pub struct GetBsos {
+    pub target: CollectionRef,
+    pub query: BsoQuery,
+}
+
+/// A page of a listing: full records or only ids (`Bso` with the other fields unused).
+#[derive(Debug, Clone)]
+pub struct BsoPage {
+    pub collection_ts: SyncTimestamp,
+    pub items: Vec<Bso>,
+    pub next_offset: Option<Offset>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PutBso {
+    pub target: CollectionRef,
+    pub bso: crate::protocol::BsoUpdate,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostBsos {
+    pub target: CollectionRef,
+    pub items: PostItems,
+    pub batch: BatchRequest,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostResult {
+    /// The collection timestamp after the request (T, or unchanged for a staged batch).
+    pub last_modified: SyncTimestamp,
+    /// Set when records were staged rather than committed (202).
+    pub batch: Option<String>,
+    pub success: Vec<String>,
+    pub failed: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeleteBsos {
+    pub target: CollectionRef,
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeletedCollection {
+    /// The collection's timestamp before the delete (X-Last-Modified).
+    pub previous_ts: SyncTimestamp,
+    /// The storage timestamp afterwards (the body).
+    pub storage_ts: SyncTimestamp,
+}
+
+/// Connection pool occupancy, for `__lbheartbeat__`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    pub active: u32,
+    pub idle: u32,
+    pub max_size: u32,
+}
+
+/// Settings every backend needs to apply the protocol's storage rules.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub limits: Limits,
+    pub enable_quota: bool,
+    pub enforce_quota: bool,
+}
+
+#[async_trait]
+pub trait StorageDb: Send + Sync {
+    async fn info(
+        &self,
+        user: &UserId,
+        kind: InfoKind,
+        precondition: Precondition,
+    ) -> ApiResult<Info>;
+    async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage>;
+    /// The record and its timestamp; 404 when absent or expired.
+    async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso>;
+    /// Returns the new collection timestamp.
+    async fn put_bso(&self, params: PutBso) -> ApiResult<SyncTimestamp>;
+    async fn post_bsos(&self, params: PostBsos) -> ApiResult<PostResult>;
+    /// Returns the new collection timestamp; 404 when absent or expired.
+    async fn delete_bso(&self, params: BsoRef) -> ApiResult<SyncTimestamp>;
+    async fn delete_bsos(&self, params: DeleteBsos) -> ApiResult<SyncTimestamp>;
+    async fn delete_collection(&self, params: CollectionRef) -> ApiResult<DeletedCollection>;
+    /// Returns the storage timestamp before the delete.
+    async fn delete_storage(
+        &self,
+        user: &UserId,
+        precondition: Precondition,
+    ) -> ApiResult<SyncTimestamp>;
+    /// Whether the database answers (`__heartbeat__`).
+    async fn check(&self) -> ApiResult<()>;
+    fn pool_state(&self) -> PoolState;
+}
+
+pub type SharedStorage = Arc<dyn StorageDb>;
+
+/// Opens the storage backend named by the URL's scheme.
+pub fn open_storage(
+    url: &str,
+    pool: &sql::PoolSettings,
+    config: StorageConfig,
+) -> Result<SharedStorage, String> {
+    match sqlite::SqliteTarget::from_url(url) {
+        Some(target) => Ok(Arc::new(sqlite::SqliteStorage::open(target, pool, config)?)),
+        None => Err(format!(
+            "syncstorage.database_url: unsupported database URL {url:?} (this build supports sqlite: URLs and paths)"
+        )),
+    }
+}
+
+/// Helper for backends: a missing record.
+pub fn not_found() -> ApiError {
+    ApiError::new(crate::error::ErrorKind::NotFound, "not found")
+}

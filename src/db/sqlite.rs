@@ -1,0 +1,422 @@
+//! The embedded SQLite backend: one file, WAL, `BEGIN IMMEDIATE` for writes, a busy timeout,
+//! and an in-process writer queue so concurrent requests wait their turn instead of ever
+//! seeing "database is locked".
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use super::sql::PoolSettings;
+use super::sql::ops::{self, Conn, WriteScope};
+use super::{
+    BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoKind,
+    PoolState, PostBsos, PostResult, PutBso, StorageConfig, StorageDb, UserId, not_found,
+};
+use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::protocol::{Bso, Precondition, SyncTimestamp};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// How long a connection waits on another process's write lock before the request gets 503.
+const BUSY_TIMEOUT_MS: u32 = 15_000;
+/// A collection stamped at most this far ahead of our clock (the same 10 ms tick, typically)
+/// is waited out instead of answered with 503.
+const MAX_CLOCK_WAIT_MS: u64 = 100;
+
+/// Where the database file lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteTarget {
+    pub path: PathBuf,
+}
+
+impl SqliteTarget {
+    /// `sqlite:PATH`, `sqlite://PATH`, `sqlite:///ABS`, or a bare path ending in .db/.sqlite.
+    pub fn from_url(url: &str) -> Option<Self> {
+        let path = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            rest.split('?').next().unwrap_or(rest).to_owned()
+        } else if !url.contains("://") && !url.is_empty() {
+            url.to_owned()
+        } else {
+            return None;
+        };
+        (!path.is_empty()).then(|| SqliteTarget {
+            path: PathBuf::from(path),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<Conn, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut Conn) -> Result<(), diesel::r2d2::Error> {
+        // FULL: an acknowledged write survives power loss, not only a process crash.
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+pub struct SqliteStorage {
+    pool: Pool<ConnectionManager<Conn>>,
+    /// One writer at a time inside this process; other processes are handled by busy_timeout.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
+    config: Arc<StorageConfig>,
+    max_size: u32,
+}
+
+fn open_pool(
+    path: &Path,
+    settings: &PoolSettings,
+) -> Result<Pool<ConnectionManager<Conn>>, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let manager = ConnectionManager::<Conn>::new(path.to_string_lossy());
+    Pool::builder()
+        .max_size(settings.max_size.max(1))
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(u64::from(
+            settings.connection_timeout_secs.max(1),
+        )))
+        .max_lifetime(
+            settings
+                .connection_lifespan_secs
+                .map(|s| Duration::from_secs(s.into())),
+        )
+        .idle_timeout(
+            settings
+                .connection_max_idle_secs
+                .map(|s| Duration::from_secs(s.into())),
+        )
+        .connection_customizer(Box::new(Pragmas))
+        .build(manager)
+        .map_err(|e| {
+            format!(
+                "syncstorage.database_url: cannot open {}: {e}",
+                path.display()
+            )
+        })
+}
+
+/// Runs the embedded migrations; idempotent.
+pub fn run_migrations(conn: &mut Conn) -> Result<(), String> {
+    conn.run_pending_migrations(MIGRATIONS)
+        .map(|_| ())
+        .map_err(|e| format!("migrations failed: {e}"))
+}
+
+impl SqliteStorage {
+    pub fn open(
+        target: SqliteTarget,
+        settings: &PoolSettings,
+        config: StorageConfig,
+    ) -> Result<Self, String> {
+        let pool = open_pool(&target.path, settings)?;
+        if settings.run_migrations {
+            let mut conn = pool
+                .get()
+                .map_err(|e| format!("cannot connect to {}: {e}", target.path.display()))?;
+            run_migrations(&mut conn)?;
+        }
+        Ok(SqliteStorage {
+            pool,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            config: Arc::new(config),
+            max_size: settings.max_size.max(1),
+        })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn, &StorageConfig) -> ApiResult<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn, &config)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+    }
+
+    /// A read-only unit of work on one snapshot.
+    async fn read<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn, &StorageConfig) -> ApiResult<T> + Send + 'static,
+    {
+        self.blocking(move |conn, config| conn.transaction(|conn| f(conn, config)))
+            .await
+    }
+
+    /// A write unit of work: queue behind other writers, `BEGIN IMMEDIATE`, lock the collection
+    /// and pick T. Preconditions are the caller's, evaluated against the resource it writes.
+    async fn write<T, F>(&self, user: &UserId, collection: Option<String>, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn, &WriteScope, &StorageConfig) -> ApiResult<T> + Send + 'static,
+    {
+        let uid = user.legacy_id as i64;
+        let _turn = self.write_lock.clone().lock_owned().await;
+        self.blocking(move |conn, config| {
+            conn.immediate_transaction(|conn| {
+                let scope = lock_scope(conn, uid, collection.as_deref())?;
+                f(conn, &scope, config)
+            })
+        })
+        .await
+    }
+}
+
+/// Resolves the collection (creating its name mapping) and picks a T later than its timestamp.
+fn lock_scope(conn: &mut Conn, uid: i64, collection: Option<&str>) -> ApiResult<WriteScope> {
+    let Some(name) = collection else {
+        return Ok(WriteScope {
+            uid,
+            cid: -1,
+            t: SyncTimestamp::now(),
+            collection_ts: SyncTimestamp::ZERO,
+        });
+    };
+    let cid = ops::get_or_create_collection_id(conn, name)?;
+    let collection_ts = ops::collection_ts(conn, uid, cid)?.unwrap_or_default();
+    let mut t = SyncTimestamp::now();
+    if collection_ts >= t {
+        let ahead = collection_ts.as_millis() - t.as_millis();
+        if ahead > MAX_CLOCK_WAIT_MS {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                "collection modified in the future",
+            ));
+        }
+        // Writes are serialized, so waiting out the tick is cheaper for clients than a 503.
+        std::thread::sleep(Duration::from_millis(ahead + 10));
+        t = SyncTimestamp::now();
+        if collection_ts >= t {
+            return Err(ApiError::new(ErrorKind::Conflict, "write conflict"));
+        }
+    }
+    Ok(WriteScope {
+        uid,
+        cid,
+        t,
+        collection_ts,
+    })
+}
+
+/// Reads need the collection id only if it exists; an unknown name has no data.
+fn read_collection(
+    conn: &mut Conn,
+    uid: i64,
+    name: &str,
+) -> ApiResult<Option<(i32, SyncTimestamp)>> {
+    Ok(match ops::collection_id(conn, name)? {
+        Some(cid) => Some((cid, ops::collection_ts(conn, uid, cid)?.unwrap_or_default())),
+        None => None,
+    })
+}
+
+fn check(precondition: Precondition, resource: SyncTimestamp) -> ApiResult<()> {
+    precondition.check(resource)
+}
+
+#[async_trait]
+impl StorageDb for SqliteStorage {
+    async fn info(
+        &self,
+        user: &UserId,
+        kind: InfoKind,
+        precondition: Precondition,
+    ) -> ApiResult<Info> {
+        let uid = user.legacy_id as i64;
+        self.read(move |conn, _| {
+            let storage_ts = ops::storage_ts(conn, uid)?;
+            check(precondition, storage_ts)?;
+            let body = ops::info(conn, uid, kind, SyncTimestamp::now())?;
+            Ok(Info { storage_ts, body })
+        })
+        .await
+    }
+
+    async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage> {
+        let uid = params.target.user.legacy_id as i64;
+        self.read(move |conn, config| {
+            let Some((cid, ts)) = read_collection(conn, uid, &params.target.collection)? else {
+                check(params.target.precondition, SyncTimestamp::ZERO)?;
+                return Ok(BsoPage {
+                    collection_ts: SyncTimestamp::ZERO,
+                    items: vec![],
+                    next_offset: None,
+                });
+            };
+            check(params.target.precondition, ts)?;
+            let max = config.limits.max_total_records;
+            Ok(ops::page(
+                ts,
+                ops::list_bsos(conn, uid, cid, &params.query, SyncTimestamp::now(), max)?,
+            ))
+        })
+        .await
+    }
+
+    async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {
+        let uid = params.user.legacy_id as i64;
+        self.read(move |conn, _| {
+            let found = match ops::collection_id(conn, &params.collection)? {
+                Some(cid) => ops::get_bso(conn, uid, cid, &params.id, SyncTimestamp::now())?,
+                None => None,
+            };
+            let modified = found
+                .as_ref()
+                .map_or(SyncTimestamp::ZERO, |b| SyncTimestamp::from_i64(b.modified));
+            check(params.precondition, modified)?;
+            found.map(Bso::from).ok_or_else(not_found)
+        })
+        .await
+    }
+
+    async fn put_bso(&self, params: PutBso) -> ApiResult<SyncTimestamp> {
+        let PutBso { target, bso } = params;
+        self.write(
+            &target.user,
+            Some(target.collection),
+            move |conn, scope, config| {
+                let existing = ops::get_bso(conn, scope.uid, scope.cid, &bso.id, scope.t)?;
+                check(
+                    target.precondition,
+                    existing.map_or(SyncTimestamp::ZERO, |b| SyncTimestamp::from_i64(b.modified)),
+                )?;
+                ops::put_bso(conn, scope, config, &bso)
+            },
+        )
+        .await
+    }
+
+    async fn post_bsos(&self, params: PostBsos) -> ApiResult<PostResult> {
+        let PostBsos {
+            target,
+            items,
+            batch,
+        } = params;
+        self.write(
+            &target.user,
+            Some(target.collection),
+            move |conn, scope, config| {
+                check(target.precondition, scope.collection_ts)?;
+                ops::post_bsos(conn, scope, config, items, &batch)
+            },
+        )
+        .await
+    }
+
+    async fn delete_bso(&self, params: BsoRef) -> ApiResult<SyncTimestamp> {
+        let BsoRef {
+            user,
+            collection,
+            id,
+            precondition,
+        } = params;
+        self.write(&user, Some(collection), move |conn, scope, config| {
+            let existing = ops::get_bso(conn, scope.uid, scope.cid, &id, scope.t)?;
+            check(
+                precondition,
+                existing.map_or(SyncTimestamp::ZERO, |b| SyncTimestamp::from_i64(b.modified)),
+            )?;
+            ops::delete_bso(conn, scope, config, &id)
+        })
+        .await
+    }
+
+    async fn delete_bsos(&self, params: DeleteBsos) -> ApiResult<SyncTimestamp> {
+        let DeleteBsos { target, ids } = params;
+        self.write(
+            &target.user,
+            Some(target.collection),
+            move |conn, scope, config| {
+                check(target.precondition, scope.collection_ts)?;
+                ops::delete_bsos(conn, scope, config, &ids)
+            },
+        )
+        .await
+    }
+
+    async fn delete_collection(&self, params: CollectionRef) -> ApiResult<DeletedCollection> {
+        self.write(
+            &params.user,
+            Some(params.collection),
+            move |conn, scope, _| {
+                check(params.precondition, scope.collection_ts)?;
+                let storage_ts = ops::delete_collection(conn, scope)?;
+                Ok(DeletedCollection {
+                    previous_ts: scope.collection_ts,
+                    storage_ts,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn delete_storage(
+        &self,
+        user: &UserId,
+        precondition: Precondition,
+    ) -> ApiResult<SyncTimestamp> {
+        self.write(user, None, move |conn, scope, _| {
+            let before = ops::storage_ts(conn, scope.uid)?;
+            check(precondition, before)?;
+            ops::delete_storage(conn, scope.uid)?;
+            Ok(before)
+        })
+        .await
+    }
+
+    async fn check(&self) -> ApiResult<()> {
+        self.blocking(|conn, _| {
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn pool_state(&self) -> PoolState {
+        let state = self.pool.state();
+        PoolState {
+            active: state.connections - state.idle_connections,
+            idle: state.idle_connections,
+            max_size: self.max_size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let p = |u: &str| SqliteTarget::from_url(u).map(|t| t.path);
+        assert_eq!(p("sqlite:data/s.db"), Some(PathBuf::from("data/s.db")));
+        assert_eq!(p("sqlite:///tmp/s.db"), Some(PathBuf::from("/tmp/s.db")));
+        assert_eq!(p("sqlite://rel.db"), Some(PathBuf::from("rel.db")));
+        assert_eq!(
+            p("/var/lib/sync.db"),
+            Some(PathBuf::from("/var/lib/sync.db"))
+        );
+        assert_eq!(p("mysql://root@localhost/db"), None);
+        assert_eq!(p(""), None);
+        assert_eq!(p("sqlite:"), None);
+    }
+}

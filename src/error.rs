@@ -1,0 +1,170 @@
+//! The one error type that reaches clients: an HTTP status, a Weave error number and whether
+//! the failure is worth reporting to Sentry. Only this file maps causes to status codes; web/
+//! turns an `ApiError` into a response.
+
+use std::fmt;
+
+use crate::protocol::SyncTimestamp;
+
+/// Weave error numbers (SPEC 1.12).
+pub mod weave {
+    pub const UNKNOWN: u32 = 0;
+    pub const INVALID_BSO: u32 = 8;
+    pub const OVER_QUOTA: u32 = 14;
+    pub const SIZE_LIMIT_EXCEEDED: u32 = 17;
+}
+
+/// Seconds a client is told to wait after a conflict or an unavailable database.
+pub const RETRY_AFTER_SECONDS: u32 = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 400, code 0: bad query parameters, headers, batch ids, uid mismatch.
+    BadRequest,
+    /// 400, code 8: a body that is not valid BSO input.
+    InvalidBso,
+    /// 400, code 17: an `X-Weave-*` limit header over its limit.
+    SizeLimit,
+    /// 413, code 17: Content-Length over max_request_bytes.
+    PayloadTooLarge,
+    /// 401, code 0: any Hawk or token failure.
+    Unauthorized,
+    /// 403, code 14.
+    OverQuota,
+    /// 404, code 0.
+    NotFound,
+    /// 406, code 0.
+    NotAcceptable,
+    /// 415, code 0.
+    UnsupportedMediaType,
+    /// 304 with the resource timestamp.
+    NotModified(SyncTimestamp),
+    /// 412 with the resource timestamp.
+    PreconditionFailed(SyncTimestamp),
+    /// 503 + Retry-After: a write conflict or a busy/unavailable database.
+    Conflict,
+    /// 503 without Retry-After (rejected client).
+    ServiceUnavailable,
+    /// 500, code 0.
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+    pub fn invalid_bso(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidBso, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthorized, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            ErrorKind::BadRequest | ErrorKind::InvalidBso | ErrorKind::SizeLimit => 400,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::OverQuota => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::NotAcceptable => 406,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::NotModified(_) => 304,
+            ErrorKind::PreconditionFailed(_) => 412,
+            ErrorKind::Conflict | ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    /// The body: a bare Weave number, or nothing for 304/412.
+    pub fn weave_code(&self) -> Option<u32> {
+        match self.kind {
+            ErrorKind::NotModified(_) | ErrorKind::PreconditionFailed(_) => None,
+            ErrorKind::InvalidBso => Some(weave::INVALID_BSO),
+            ErrorKind::SizeLimit | ErrorKind::PayloadTooLarge => Some(weave::SIZE_LIMIT_EXCEEDED),
+            ErrorKind::OverQuota => Some(weave::OVER_QUOTA),
+            _ => Some(weave::UNKNOWN),
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<u32> {
+        matches!(self.kind, ErrorKind::Conflict).then_some(RETRY_AFTER_SECONDS)
+    }
+
+    /// The resource timestamp a 304/412 carries in X-Last-Modified.
+    pub fn last_modified(&self) -> Option<SyncTimestamp> {
+        match self.kind {
+            ErrorKind::NotModified(ts) | ErrorKind::PreconditionFailed(ts) => Some(ts),
+            _ => None,
+        }
+    }
+
+    /// Only server faults go to Sentry; client errors and conflicts are expected traffic.
+    pub fn is_reportable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Internal)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.status())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_codes() {
+        assert_eq!(ApiError::invalid_bso("x").status(), 400);
+        assert_eq!(ApiError::invalid_bso("x").weave_code(), Some(8));
+        assert_eq!(
+            ApiError::new(ErrorKind::PayloadTooLarge, "").weave_code(),
+            Some(17)
+        );
+        assert_eq!(ApiError::new(ErrorKind::OverQuota, "").status(), 403);
+        assert_eq!(
+            ApiError::new(ErrorKind::OverQuota, "").weave_code(),
+            Some(14)
+        );
+        assert_eq!(
+            ApiError::new(ErrorKind::Conflict, "").retry_after(),
+            Some(10)
+        );
+        assert_eq!(
+            ApiError::new(ErrorKind::ServiceUnavailable, "").retry_after(),
+            None
+        );
+        let ts = SyncTimestamp::from_millis(5000);
+        assert_eq!(
+            ApiError::new(ErrorKind::PreconditionFailed(ts), "").weave_code(),
+            None
+        );
+        assert_eq!(
+            ApiError::new(ErrorKind::NotModified(ts), "").last_modified(),
+            Some(ts)
+        );
+        assert!(ApiError::internal("boom").is_reportable());
+        assert!(!ApiError::bad_request("x").is_reportable());
+    }
+}

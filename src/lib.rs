@@ -1,0 +1,10 @@
+//! syncserver: a Firefox Sync 1.5 storage server. See ARCHITECTURE.md for the map.
+
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod logging;
+pub mod protocol;
+pub mod server;
+pub mod settings;
+pub mod web;

@@ -1,0 +1,136 @@
+//! The `syncserver` command: `serve` (the default), `token`, `migrate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+
+use syncserver::auth::{Secrets, TokenPayload, tokenlib};
+use syncserver::settings::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "syncserver",
+    version,
+    about = "Firefox Sync 1.5 storage server"
+)]
+struct Cli {
+    /// TOML settings file (environment variables SYNC_* override it).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print Hawk credentials for a user, to drive the API by hand.
+    Token {
+        #[arg(long)]
+        uid: u64,
+        /// The node URL written into the token (default: http://HOST:PORT).
+        #[arg(long)]
+        node: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        duration: u64,
+    },
+    /// Create or update the storage database schema, then exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("syncserver: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::Token {
+            uid,
+            node,
+            duration,
+        } => token(settings, uid, node, duration),
+        Command::Migrate => migrate(settings),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("syncserver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(settings: Settings) -> Result<(), String> {
+    let _log = syncserver::logging::init(settings.human_logs);
+    let _sentry = syncserver::logging::init_sentry(&settings.environment);
+    actix_web::rt::System::new().block_on(async move {
+        let running = syncserver::server::start(settings)?;
+        slog_scope::info!("listening"; "address" => %running.addr);
+        eprintln!("syncserver listening on http://{}", running.addr);
+        running.server.await.map_err(|e| e.to_string())
+    })
+}
+
+fn token(
+    mut settings: Settings,
+    uid: u64,
+    node: Option<String>,
+    duration: u64,
+) -> Result<(), String> {
+    settings.resolve_master_secret()?;
+    let secrets = Secrets::new(&settings.master_secret);
+    let node = node.unwrap_or_else(|| format!("http://{}:{}", settings.host, settings.port));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let payload = TokenPayload {
+        uid,
+        node: node.clone(),
+        expires: (now + duration) as f64,
+        salt: tokenlib::new_salt(),
+        fxa_uid: String::new(),
+        fxa_kid: String::new(),
+        hashed_fxa_uid: String::new(),
+        hashed_device_id: String::new(),
+        tokenserver_origin: Some("rust".into()),
+    };
+    let id = secrets.make_token(&payload);
+    let key = secrets.derived_secret(&id, &payload.salt);
+    let out = serde_json::json!({
+        "id": id,
+        "key": key,
+        "uid": uid,
+        "api_endpoint": format!("{}/1.5/{uid}", node.trim_end_matches('/')),
+        "duration": duration,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn migrate(settings: Settings) -> Result<(), String> {
+    let url = settings.storage_url();
+    let mut pool = settings.syncstorage.pool();
+    pool.run_migrations = true;
+    pool.max_size = 1;
+    let config = syncserver::db::StorageConfig {
+        limits: settings.syncstorage.limits.clone(),
+        enable_quota: false,
+        enforce_quota: false,
+    };
+    syncserver::db::open_storage(&url, &pool, config)?;
+    eprintln!("syncserver: migrations applied to {url}");
+    Ok(())
+}

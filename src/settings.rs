@@ -1,0 +1,293 @@
+//! One settings tree: built-in defaults < TOML file (`--config`) < `SYNC_*` environment, with
+//! nested keys joined by `__` (SPEC 4.4). Names follow upstream so existing configs work.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::db::sql::PoolSettings;
+use crate::protocol::Limits;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    /// Generated and kept in `<data_dir>/master_secret` when empty.
+    pub master_secret: String,
+    pub environment: String,
+    pub human_logs: bool,
+    pub actix_keep_alive: Option<u32>,
+    pub cors_allowed_origin: Option<String>,
+    pub cors_max_age: Option<usize>,
+    /// Where the zero-config defaults keep their files (database, generated secret).
+    pub data_dir: PathBuf,
+    pub syncstorage: StorageSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StorageSettings {
+    pub enabled: bool,
+    /// Defaults to `sqlite:<data_dir>/syncserver.db`.
+    pub database_url: Option<String>,
+    pub database_pool_max_size: u32,
+    pub database_pool_connection_timeout: u32,
+    pub database_pool_connection_lifespan: Option<u32>,
+    pub database_pool_connection_max_idle: Option<u32>,
+    /// Run the embedded migrations at start-up.
+    pub run_migrations: bool,
+    pub enable_quota: bool,
+    pub enforce_quota: bool,
+    pub lbheartbeat_ttl: Option<u32>,
+    pub lbheartbeat_ttl_jitter: u32,
+    pub limits: Limits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            master_secret: String::new(),
+            environment: "dev".into(),
+            human_logs: false,
+            actix_keep_alive: None,
+            cors_allowed_origin: Some("*".into()),
+            cors_max_age: Some(1_728_000),
+            data_dir: PathBuf::from("data"),
+            syncstorage: StorageSettings::default(),
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        let pool = PoolSettings::default();
+        StorageSettings {
+            enabled: true,
+            database_url: None,
+            database_pool_max_size: pool.max_size,
+            database_pool_connection_timeout: pool.connection_timeout_secs,
+            database_pool_connection_lifespan: None,
+            database_pool_connection_max_idle: None,
+            run_migrations: true,
+            enable_quota: false,
+            enforce_quota: false,
+            lbheartbeat_ttl: None,
+            lbheartbeat_ttl_jitter: 25,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl StorageSettings {
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_size: self.database_pool_max_size,
+            connection_timeout_secs: self.database_pool_connection_timeout,
+            connection_lifespan_secs: self.database_pool_connection_lifespan,
+            connection_max_idle_secs: self.database_pool_connection_max_idle,
+            run_migrations: self.run_migrations,
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "SYNC";
+
+impl Settings {
+    /// Reads defaults, the optional TOML file and the process environment.
+    pub fn load(config_file: Option<&Path>) -> Result<Settings, String> {
+        Self::load_from(config_file, std::env::vars())
+    }
+
+    /// Like `load`, with the environment given explicitly (tests).
+    pub fn load_from(
+        config_file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, String> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = config_file {
+            if !path.exists() {
+                return Err(format!("--config: file {} does not exist", path.display()));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SYNC_"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let raw = builder
+            .build()
+            .map_err(|e| format!("invalid settings: {e}"))?;
+        let mut settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| format!("invalid setting: {e}"))?;
+        settings.syncstorage.limits.validate()?;
+        if settings.syncstorage.database_pool_max_size == 0 {
+            return Err("syncstorage.database_pool_max_size must be greater than 0".into());
+        }
+        if settings.syncstorage.enforce_quota && !settings.syncstorage.enable_quota {
+            return Err("syncstorage.enforce_quota needs syncstorage.enable_quota = true".into());
+        }
+        if settings.host.trim().is_empty() {
+            return Err("host must not be empty".into());
+        }
+        if settings
+            .syncstorage
+            .database_url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            settings.syncstorage.database_url = None;
+        }
+        Ok(settings)
+    }
+
+    /// The storage database URL, defaulting to a SQLite file in the data directory.
+    pub fn storage_url(&self) -> String {
+        self.syncstorage
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("syncserver.db").display()))
+    }
+
+    /// The configured master secret, or the one kept in `<data_dir>/master_secret`, generated
+    /// (mode 0600) on first start so restarts keep issued tokens valid.
+    pub fn resolve_master_secret(&mut self) -> Result<(), String> {
+        if !self.master_secret.is_empty() {
+            return Ok(());
+        }
+        let path = self.data_dir.join("master_secret");
+        if let Ok(text) = fs::read_to_string(&path) {
+            let secret = text.trim();
+            if secret.is_empty() {
+                return Err(format!("master_secret: {} is empty", path.display()));
+            }
+            self.master_secret = secret.to_owned();
+            return Ok(());
+        }
+        fs::create_dir_all(&self.data_dir)
+            .map_err(|e| format!("data_dir: cannot create {}: {e}", self.data_dir.display()))?;
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        let secret = hex::encode(bytes);
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&path)
+            .map_err(|e| format!("master_secret: cannot create {}: {e}", path.display()))?;
+        file.write_all(secret.as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(|e| format!("master_secret: cannot write {}: {e}", path.display()))?;
+        self.master_secret = secret;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8000));
+        assert!(s.storage_url().starts_with("sqlite:data"));
+        assert_eq!(s.syncstorage.limits, Limits::default());
+        assert!(!s.human_logs);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        fs::write(&file, "port = 9000\nhuman_logs = true\n[syncstorage]\ndatabase_url = \"sqlite:x.db\"\n[syncstorage.limits]\nmax_post_records = 5\nmax_total_records = 7\n").unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[
+                ("SYNC_PORT", "9100"),
+                ("SYNC_MASTER_SECRET", "1234"),
+                ("SYNC_SYNCSTORAGE__LIMITS__MAX_TOTAL_RECORDS", "9"),
+                (
+                    "SYNC_SYNCSTORAGE__LIMITS__COLLECTIONS",
+                    "{\"tabs\": {\"max_post_bytes\": 3}}",
+                ),
+                ("SYNC__IGNORED", "1"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.port, 9100);
+        assert!(s.human_logs);
+        assert_eq!(s.master_secret, "1234");
+        assert_eq!(s.storage_url(), "sqlite:x.db");
+        assert_eq!(s.syncstorage.limits.max_post_records, 5);
+        assert_eq!(s.syncstorage.limits.max_total_records, 9);
+        assert_eq!(
+            s.syncstorage.limits.for_collection("tabs").max_post_bytes,
+            3
+        );
+    }
+
+    #[test]
+    fn invalid_settings_name_the_setting() {
+        let e = Settings::load_from(None, env(&[("SYNC_PORT", "notaport")])).unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        let e = Settings::load_from(
+            None,
+            env(&[("SYNC_SYNCSTORAGE__LIMITS__MAX_POST_RECORDS", "0")]),
+        )
+        .unwrap_err();
+        assert!(e.contains("max_post_records"), "{e}");
+        let e = Settings::load_from(None, env(&[("SYNC_SYNCSTORAGE__ENFORCE_QUOTA", "true")]))
+            .unwrap_err();
+        assert!(e.contains("enable_quota"), "{e}");
+        let e = Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[])).unwrap_err();
+        assert!(e.contains("--config"), "{e}");
+    }
+
+    #[test]
+    fn master_secret_is_generated_once_with_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Settings {
+            data_dir: dir.path().join("d"),
+            ..Settings::default()
+        };
+        s.resolve_master_secret().unwrap();
+        assert_eq!(s.master_secret.len(), 64);
+        let path = dir.path().join("d/master_secret");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let mut again = Settings {
+            data_dir: dir.path().join("d"),
+            ..Settings::default()
+        };
+        again.resolve_master_secret().unwrap();
+        assert_eq!(again.master_secret, s.master_secret);
+    }
+}

@@ -1,0 +1,250 @@
+//! HTTP: routes, middleware, handlers. The only module that knows HTTP and Weave headers.
+
+mod error;
+mod extract;
+pub mod headers;
+mod ops;
+mod storage;
+
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_cors::Cors;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{App, HttpResponse, HttpServer, middleware::from_fn, web};
+
+use crate::auth::Secrets;
+use crate::db::SharedStorage;
+use crate::error::{ApiError, ErrorKind};
+use crate::protocol::headers::is_rejected_user_agent;
+use crate::protocol::validate::{COLLECTION_ROUTE_PATTERN, UID_ROUTE_PATTERN};
+use crate::protocol::{Limits, SyncTimestamp};
+use headers::{X_LAST_MODIFIED, X_WEAVE_TIMESTAMP};
+
+/// What every handler shares.
+pub struct AppState {
+    pub storage: SharedStorage,
+    pub secrets: Secrets,
+    pub limits: Limits,
+    pub quota_enabled: bool,
+    /// When `__lbheartbeat__` starts failing on purpose (lbheartbeat_ttl).
+    pub lb_deadline: Option<Instant>,
+    exhausted_since: Mutex<Option<Instant>>,
+}
+
+impl AppState {
+    pub fn new(
+        storage: SharedStorage,
+        secrets: Secrets,
+        limits: Limits,
+        quota_enabled: bool,
+    ) -> Self {
+        AppState {
+            storage,
+            secrets,
+            limits,
+            quota_enabled,
+            lb_deadline: None,
+            exhausted_since: Mutex::new(None),
+        }
+    }
+
+    /// `ttl` seconds plus up to `jitter_percent` % more, so a fleet does not recycle at once.
+    pub fn with_lbheartbeat_ttl(mut self, ttl: Option<u32>, jitter_percent: u32) -> Self {
+        self.lb_deadline = ttl.map(|ttl| {
+            let jitter = rand::random::<f64>() * f64::from(jitter_percent) / 100.0;
+            Instant::now() + Duration::from_secs_f64(f64::from(ttl) * (1.0 + jitter))
+        });
+        self
+    }
+}
+
+/// CORS options (SPEC 1.13.2).
+#[derive(Debug, Clone)]
+pub struct CorsSettings {
+    pub allowed_origin: Option<String>,
+    pub max_age: Option<usize>,
+}
+
+fn cors(settings: &CorsSettings) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["DELETE", "GET", "POST", "PUT"])
+        .allowed_headers([
+            "Authorization",
+            "Content-Type",
+            "User-Agent",
+            "X-Last-Modified",
+            "X-Weave-Timestamp",
+            "X-Weave-Next-Offset",
+            "X-Weave-Records",
+            "X-Weave-Bytes",
+            "X-Weave-Total-Records",
+            "X-Weave-Total-Bytes",
+            "X-Verify-Code",
+            "TEST_IDLES",
+            "X-If-Modified-Since",
+            "X-If-Unmodified-Since",
+        ])
+        .expose_headers([
+            "X-Last-Modified",
+            "X-Weave-Timestamp",
+            "X-Weave-Next-Offset",
+            "X-Weave-Records",
+            "Retry-After",
+        ])
+        .max_age(settings.max_age);
+    cors = match settings.allowed_origin.as_deref() {
+        None | Some("*") => cors.allow_any_origin(),
+        Some(origin) => cors.allowed_origin(origin),
+    };
+    cors
+}
+
+fn is_dockerflow(path: &str) -> bool {
+    path.starts_with("/__")
+}
+
+/// Rejects crashing old iOS clients first, stamps X-Weave-Timestamp, gives unrouted paths the
+/// storage 404 body, and logs one line per request.
+async fn weave_middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_ts = SyncTimestamp::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let ua = req
+        .headers()
+        .get("User-Agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if is_rejected_user_agent(&ua) {
+        let resp = HttpResponse::ServiceUnavailable()
+            .content_type("application/json")
+            .body("0");
+        return Ok(req.into_response(resp));
+    }
+    let mut res = next.call(req).await?.map_into_boxed_body();
+    let status = res.status();
+    if status == StatusCode::NOT_FOUND
+        && !path.starts_with("/1.0/")
+        && res.headers().get(CONTENT_TYPE).is_none()
+    {
+        let (req, _) = res.into_parts();
+        res = ServiceResponse::new(
+            req,
+            ApiError::new(ErrorKind::NotFound, "not found").error_response_boxed(),
+        );
+    }
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        let (req, _) = res.into_parts();
+        res = ServiceResponse::new(req, HttpResponse::MethodNotAllowed().finish());
+    }
+    if !is_dockerflow(&path) && method != Method::OPTIONS {
+        let last_modified = res
+            .headers()
+            .get(X_LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| SyncTimestamp::parse(v).ok())
+            .unwrap_or_default();
+        let value = request_ts.max(last_modified).to_string();
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            res.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-weave-timestamp"),
+                v,
+            );
+        }
+    }
+    let _ = X_WEAVE_TIMESTAMP;
+    slog_scope::info!("request";
+        "method" => %method, "path" => %path, "status" => res.status().as_u16(),
+        "duration_ms" => started.elapsed().as_millis() as u64, "agent" => %ua);
+    Ok(res)
+}
+
+trait BoxedErrorResponse {
+    fn error_response_boxed(&self) -> HttpResponse<BoxBody>;
+}
+
+impl BoxedErrorResponse for ApiError {
+    fn error_response_boxed(&self) -> HttpResponse<BoxBody> {
+        actix_web::ResponseError::error_response(self)
+    }
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(ErrorKind::NotFound, "not found"))
+}
+
+/// The storage routes under `/1.5/{uid}` (SPEC 1.1).
+fn storage_routes(cfg: &mut web::ServiceConfig) {
+    let uid = format!("/1.5/{{uid:{UID_ROUTE_PATTERN}}}");
+    let coll = format!("{uid}/storage/{{collection:{COLLECTION_ROUTE_PATTERN}}}");
+    cfg.service(
+        web::resource(format!("{uid}/info/collections"))
+            .route(web::get().to(storage::info_collections)),
+    )
+    .service(
+        web::resource(format!("{uid}/info/collection_counts"))
+            .route(web::get().to(storage::info_collection_counts)),
+    )
+    .service(
+        web::resource(format!("{uid}/info/collection_usage"))
+            .route(web::get().to(storage::info_collection_usage)),
+    )
+    .service(web::resource(format!("{uid}/info/quota")).route(web::get().to(storage::info_quota)))
+    .service(
+        web::resource(format!("{uid}/info/configuration"))
+            .route(web::get().to(storage::info_configuration)),
+    )
+    .service(web::resource(uid.clone()).route(web::delete().to(storage::delete_storage)))
+    .service(
+        web::resource(format!("{uid}/storage")).route(web::delete().to(storage::delete_storage)),
+    )
+    .service(
+        web::resource(coll.clone())
+            .route(web::get().to(storage::get_collection))
+            .route(web::post().to(storage::post_collection))
+            .route(web::delete().to(storage::delete_collection)),
+    )
+    .service(
+        web::resource(format!("{coll}/{{item:[ -~]{{1,192}}}}"))
+            .route(web::get().to(storage::get_bso))
+            .route(web::put().to(storage::put_bso))
+            .route(web::delete().to(storage::delete_bso)),
+    );
+}
+
+/// Binds and starts the HTTP server; the caller awaits the returned `Server`.
+pub fn serve(
+    listener: TcpListener,
+    state: AppState,
+    cors_settings: CorsSettings,
+    keep_alive: Option<u32>,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(cors(&cors_settings))
+            .wrap(from_fn(weave_middleware))
+            .route("/", web::get().to(ops::root))
+            .route("/__heartbeat__", web::get().to(ops::heartbeat))
+            .route("/__lbheartbeat__", web::get().to(ops::lbheartbeat))
+            .route("/__version__", web::get().to(ops::version))
+            .route("/__error__", web::get().to(ops::error))
+            .configure(storage_routes)
+            .default_service(web::to(not_found))
+    });
+    if let Some(secs) = keep_alive {
+        server = server.keep_alive(Duration::from_secs(secs.into()));
+    }
+    Ok(server.listen(listener)?.run())
+}

@@ -1,0 +1,236 @@
+//! Storage API handlers: extract and validate, one database unit of work, respond.
+
+use actix_web::http::StatusCode;
+use actix_web::web::{Data, Payload};
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Serialize;
+use serde_json::json;
+
+use super::AppState;
+use super::extract::{
+    authenticate, body_format, bso_id, collection_name, collection_ref, precondition, read_body,
+};
+use super::headers::{X_LAST_MODIFIED, X_WEAVE_NEXT_OFFSET, X_WEAVE_RECORDS, header};
+use crate::db::{BsoRef, DeleteBsos, GetBsos, InfoBody, InfoKind, PostBsos, PutBso};
+use crate::error::ApiResult;
+use crate::protocol::headers::{OutputFormat, WeaveSizeHeaders, negotiate_output};
+use crate::protocol::post::{parse_post_body, parse_put_body};
+use crate::protocol::query::parse_ids;
+use crate::protocol::{BatchRequest, BsoQuery, SyncTimestamp};
+
+fn json_response(
+    status: StatusCode,
+    last_modified: SyncTimestamp,
+    body: &impl Serialize,
+) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((X_LAST_MODIFIED, last_modified.to_string()))
+        .content_type("application/json")
+        .body(serde_json::to_string(body).unwrap_or_else(|_| "null".into()))
+}
+
+fn ok(last_modified: SyncTimestamp, body: &impl Serialize) -> HttpResponse {
+    json_response(StatusCode::OK, last_modified, body)
+}
+
+fn with_records(mut resp: HttpResponse, records: usize) -> HttpResponse {
+    resp.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static("x-weave-records"),
+        records.into(),
+    );
+    resp
+}
+
+async fn info(req: HttpRequest, state: Data<AppState>, kind: InfoKind) -> ApiResult<HttpResponse> {
+    // info/collections accepts expired tokens (SPEC 2.5).
+    let user = authenticate(&req, &state, kind == InfoKind::Collections)?;
+    let info = state.storage.info(&user, kind, precondition(&req)?).await?;
+    let ts = info.storage_ts;
+    Ok(match info.body {
+        InfoBody::Timestamps(m) => with_records(ok(ts, &m), m.len()),
+        InfoBody::Counts(m) => with_records(ok(ts, &m), m.len()),
+        InfoBody::Usage(m) => with_records(ok(ts, &m), m.len()),
+        InfoBody::Quota(used) => ok(ts, &json!([used, null])),
+    })
+}
+
+pub async fn info_collections(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
+    info(req, state, InfoKind::Collections).await
+}
+pub async fn info_collection_counts(
+    req: HttpRequest,
+    state: Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    info(req, state, InfoKind::Counts).await
+}
+pub async fn info_collection_usage(
+    req: HttpRequest,
+    state: Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    info(req, state, InfoKind::Usage).await
+}
+pub async fn info_quota(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
+    info(req, state, InfoKind::Quota).await
+}
+
+/// Unauthenticated, no database (SPEC 1.5).
+pub async fn info_configuration(state: Data<AppState>) -> HttpResponse {
+    ok(SyncTimestamp::ZERO, &state.limits)
+}
+
+pub async fn delete_storage(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
+    let user = authenticate(&req, &state, false)?;
+    let before = state
+        .storage
+        .delete_storage(&user, precondition(&req)?)
+        .await?;
+    Ok(ok(before, &serde_json::Value::Null))
+}
+
+pub async fn get_collection(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
+    let user = authenticate(&req, &state, false)?;
+    let collection = collection_name(&req)?;
+    let query = BsoQuery::parse(req.query_string())?;
+    let format = negotiate_output(header(&req, "Accept"))?;
+    let full = query.full;
+    let target = collection_ref(&req, user, collection)?;
+    let page = state.storage.get_bsos(GetBsos { target, query }).await?;
+    let count = page.items.len();
+    let mut builder = HttpResponse::Ok();
+    builder.insert_header((X_LAST_MODIFIED, page.collection_ts.to_string()));
+    builder.insert_header((X_WEAVE_RECORDS, count));
+    if let Some(next) = page.next_offset {
+        builder.insert_header((X_WEAVE_NEXT_OFFSET, next.to_string()));
+    }
+    let values: Vec<String> = page
+        .items
+        .iter()
+        .map(|b| {
+            if full {
+                serde_json::to_string(b)
+            } else {
+                serde_json::to_string(&b.id)
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
+    Ok(match format {
+        OutputFormat::Json => builder
+            .content_type("application/json")
+            .body(format!("[{}]", values.join(","))),
+        OutputFormat::Newlines => {
+            // serde_json escapes newlines inside strings, so each value is one line.
+            let body: String = values.iter().map(|v| format!("{v}\n")).collect();
+            builder.content_type("application/newlines").body(body)
+        }
+    })
+}
+
+pub async fn post_collection(
+    req: HttpRequest,
+    state: Data<AppState>,
+    payload: Payload,
+) -> ApiResult<HttpResponse> {
+    let user = authenticate(&req, &state, false)?;
+    let collection = collection_name(&req)?;
+    let batch = BatchRequest::parse(req.query_string())?;
+    let format = body_format(&req)?;
+    let limits = state.limits.for_collection(&collection);
+    let body = read_body(&req, payload, &limits).await?;
+    let items = parse_post_body(&body, format, &collection, &limits)?;
+    WeaveSizeHeaders {
+        records: header(&req, "X-Weave-Records"),
+        bytes: header(&req, "X-Weave-Bytes"),
+        total_records: header(&req, "X-Weave-Total-Records"),
+        total_bytes: header(&req, "X-Weave-Total-Bytes"),
+    }
+    .check(&limits)?;
+    let target = collection_ref(&req, user, collection)?;
+    let result = state
+        .storage
+        .post_bsos(PostBsos {
+            target,
+            items,
+            batch,
+        })
+        .await?;
+    Ok(match result.batch {
+        Some(batch) => json_response(
+            StatusCode::ACCEPTED,
+            result.last_modified,
+            &json!({"batch": batch, "success": result.success, "failed": result.failed}),
+        ),
+        None => ok(
+            result.last_modified,
+            &json!({"modified": result.last_modified, "success": result.success, "failed": result.failed}),
+        ),
+    })
+}
+
+pub async fn delete_collection(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
+    let user = authenticate(&req, &state, false)?;
+    let collection = collection_name(&req)?;
+    let ids = crate::protocol::query::parse_pairs(req.query_string())
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == "ids")
+        .map(|(_, v)| parse_ids(&v))
+        .transpose()?;
+    let target = collection_ref(&req, user, collection)?;
+    Ok(match ids {
+        Some(ids) => {
+            let t = state
+                .storage
+                .delete_bsos(DeleteBsos { target, ids })
+                .await?;
+            ok(t, &t)
+        }
+        None => {
+            let deleted = state.storage.delete_collection(target).await?;
+            ok(deleted.previous_ts, &deleted.storage_ts)
+        }
+    })
+}
+
+fn bso_ref(req: &HttpRequest, state: &AppState) -> ApiResult<BsoRef> {
+    let user = authenticate(req, state, false)?;
+    let collection = collection_name(req)?;
+    let id = bso_id(req)?;
+    Ok(BsoRef {
+        user,
+        collection,
+        id,
+        precondition: precondition(req)?,
+    })
+}
+
+pub async fn get_bso(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
+    let target = bso_ref(&req, &state)?;
+    let bso = state.storage.get_bso(target).await?;
+    Ok(ok(bso.modified, &bso))
+}
+
+pub async fn put_bso(
+    req: HttpRequest,
+    state: Data<AppState>,
+    payload: Payload,
+) -> ApiResult<HttpResponse> {
+    let target = bso_ref(&req, &state)?;
+    let format = body_format(&req)?;
+    let limits = state.limits.for_collection(&target.collection);
+    let body = read_body(&req, payload, &limits).await?;
+    let bso = parse_put_body(&body, format, &target.collection, &target.id, &limits)?;
+    let target = crate::db::CollectionRef {
+        user: target.user,
+        collection: target.collection,
+        precondition: target.precondition,
+    };
+    let t = state.storage.put_bso(PutBso { target, bso }).await?;
+    Ok(ok(t, &t))
+}
+
+pub async fn delete_bso(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
+    let target = bso_ref(&req, &state)?;
+    let t = state.storage.delete_bso(target).await?;
+    Ok(ok(t, &json!({ "modified": t })))
+}
