@@ -38,6 +38,14 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         duration: u64,
     },
+    /// Print an Authorization header for one request, for curl: mints a token for the uid in
+    /// the URL's /1.5/{uid} path and signs METHOD URL with Hawk.
+    Hawk {
+        /// HTTP method, e.g. GET or PUT.
+        method: String,
+        /// The full URL, e.g. http://127.0.0.1:8000/1.5/1/storage/bookmarks
+        url: String,
+    },
     /// Create or update the storage database schema, then exit.
     Migrate,
 }
@@ -58,6 +66,7 @@ fn main() -> ExitCode {
             node,
             duration,
         } => token(settings, uid, node, duration),
+        Command::Hawk { method, url } => hawk_header(settings, &method, &url),
         Command::Migrate => migrate(settings),
     };
     match result {
@@ -80,22 +89,22 @@ fn serve(settings: Settings) -> Result<(), String> {
     })
 }
 
-fn token(
-    mut settings: Settings,
+/// Mints credentials (token id and Hawk key) for `uid`.
+fn mint(
+    settings: &mut Settings,
     uid: u64,
-    node: Option<String>,
+    node: &str,
     duration: u64,
-) -> Result<(), String> {
+) -> Result<(String, String), String> {
     settings.resolve_master_secret()?;
     let secrets = Secrets::new(&settings.master_secret);
-    let node = node.unwrap_or_else(|| format!("http://{}:{}", settings.host, settings.port));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?
         .as_secs();
     let payload = TokenPayload {
         uid,
-        node: node.clone(),
+        node: node.to_owned(),
         expires: (now + duration) as f64,
         salt: tokenlib::new_salt(),
         fxa_uid: String::new(),
@@ -106,6 +115,17 @@ fn token(
     };
     let id = secrets.make_token(&payload);
     let key = secrets.derived_secret(&id, &payload.salt);
+    Ok((id, key))
+}
+
+fn token(
+    mut settings: Settings,
+    uid: u64,
+    node: Option<String>,
+    duration: u64,
+) -> Result<(), String> {
+    let node = node.unwrap_or_else(|| format!("http://{}:{}", settings.host, settings.port));
+    let (id, key) = mint(&mut settings, uid, &node, duration)?;
     let out = serde_json::json!({
         "id": id,
         "key": key,
@@ -132,5 +152,35 @@ fn migrate(settings: Settings) -> Result<(), String> {
     };
     syncserver::db::open_storage(&url, &pool, config)?;
     eprintln!("syncserver: migrations applied to {url}");
+    Ok(())
+}
+
+fn hawk_header(mut settings: Settings, method: &str, url: &str) -> Result<(), String> {
+    let bad =
+        || format!("hawk: cannot parse URL {url:?} (expected http(s)://HOST[:PORT]/1.5/UID/...)");
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let (authority, target) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => return Err(bad()),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad())?),
+        None if scheme == "https" => (authority, 443),
+        None => (authority, 80),
+    };
+    let uid: u64 = target
+        .strip_prefix("/1.5/")
+        .and_then(|r| r.split(['/', '?']).next())
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(bad)?;
+    let (id, key) = mint(&mut settings, uid, &format!("{scheme}://{authority}"), 3600)?;
+    let method = method.to_ascii_uppercase();
+    let signed = syncserver::auth::hawk::SignedRequest {
+        method: &method,
+        target,
+        host,
+        port,
+    };
+    println!("{}", syncserver::auth::hawk::sign(&id, &key, signed));
     Ok(())
 }

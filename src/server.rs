@@ -24,6 +24,9 @@ impl Running {
 /// Opens the database (running migrations), binds `host:port` (port 0 picks one) and starts
 /// serving. Errors are start-up failures with a message naming the setting.
 pub fn start(mut settings: Settings) -> Result<Running, String> {
+    if settings.syncstorage.database_url.is_none() {
+        crate::settings::create_private_dir(&settings.data_dir)?;
+    }
     settings.resolve_master_secret()?;
     if !settings.syncstorage.enabled {
         return Err(

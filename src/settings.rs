@@ -176,8 +176,7 @@ impl Settings {
             self.master_secret = secret.to_owned();
             return Ok(());
         }
-        fs::create_dir_all(&self.data_dir)
-            .map_err(|e| format!("data_dir: cannot create {}: {e}", self.data_dir.display()))?;
+        create_private_dir(&self.data_dir)?;
         let mut bytes = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
         let secret = hex::encode(bytes);
@@ -194,6 +193,20 @@ impl Settings {
         self.master_secret = secret;
         Ok(())
     }
+}
+
+/// Creates the data directory readable by its owner only (it holds the secret and the data).
+pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| format!("data_dir: cannot create {}: {e}", dir.display()))
 }
 
 #[cfg(test)]
@@ -263,6 +276,14 @@ mod tests {
         assert!(e.contains("enable_quota"), "{e}");
         let e = Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[])).unwrap_err();
         assert!(e.contains("--config"), "{e}");
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local.example.toml");
+        let s = Settings::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(s.syncstorage.limits, Limits::default());
+        assert!(s.human_logs);
     }
 
     #[test]

@@ -7,7 +7,12 @@ use serde_json::json;
 async fn put_then_get_round_trip() {
     let server = TestServer::start().await;
     let user = server.user(42);
-    let r = user.put("/storage/bookmarks/abc", json!({"payload": "hello", "sortindex": 3})).await;
+    let r = user
+        .put(
+            "/storage/bookmarks/abc",
+            json!({"payload": "hello", "sortindex": 3}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let t = r.last_modified();
     assert_eq!(json_ts(&r.json()), t);

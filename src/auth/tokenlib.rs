@@ -198,10 +198,22 @@ mod tests {
         let token = "eyJ1aWQiOiA0MiwgIm5vZGUiOiAiaHR0cDovL2xvY2FsaG9zdDo4MDAwIiwgImV4cGlyZXMiOiAyMDAwMDAwMDAwLCAiZnhhX3VpZCI6ICJhYmMiLCAiZnhhX2tpZCI6ICIwMDAwMDAwMDAxMjM0LXFxbyIsICJoYXNoZWRfZnhhX3VpZCI6ICJoIiwgImhhc2hlZF9kZXZpY2VfaWQiOiAiZCIsICJzYWx0IjogIjNjMTgwMCJ9FEg7a2sRydrVtM_3nvheYzfd2Y9CGRflzvh2jG-Lmr8=";
         let s = Secrets::new("test-secret");
         let p = s.parse_token(token).unwrap();
-        assert_eq!((p.uid, p.node.as_str(), p.expires, p.salt.as_str()), (42, "http://localhost:8000", 2e9, "3c1800"));
-        assert_eq!((p.fxa_uid.as_str(), p.fxa_kid.as_str()), ("abc", "0000000001234-qqo"));
-        assert_eq!(s.derived_secret(token, &p.salt), "rFuHoYdmKlZOXVv9sol05FYBVIj_9gn8mE2kdcw8jNA=");
-        assert_eq!(Secrets::new("other").parse_token(token).unwrap_err(), TokenError::Signature);
+        assert_eq!(
+            (p.uid, p.node.as_str(), p.expires, p.salt.as_str()),
+            (42, "http://localhost:8000", 2e9, "3c1800")
+        );
+        assert_eq!(
+            (p.fxa_uid.as_str(), p.fxa_kid.as_str()),
+            ("abc", "0000000001234-qqo")
+        );
+        assert_eq!(
+            s.derived_secret(token, &p.salt),
+            "rFuHoYdmKlZOXVv9sol05FYBVIj_9gn8mE2kdcw8jNA="
+        );
+        assert_eq!(
+            Secrets::new("other").parse_token(token).unwrap_err(),
+            TokenError::Signature
+        );
     }
 
     /// RFC 5869 test case 3 (no salt, no info) pins the HKDF construction.

@@ -68,7 +68,10 @@ impl TestServer {
     /// A user whose token expires `expires_in` seconds from now, signed with `secret`.
     pub fn user_with(&self, uid: u64, expires_in: f64, secret: &str) -> User<'_> {
         let secrets = Secrets::new(secret);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
         let payload = TokenPayload {
             uid,
             node: self.base.clone(),
@@ -82,12 +85,24 @@ impl TestServer {
         };
         let id = secrets.make_token(&payload);
         let key = secrets.derived_secret(&id, &payload.salt);
-        User { server: self, uid, id, key }
+        User {
+            server: self,
+            uid,
+            id,
+            key,
+        }
     }
 
     /// An unsigned request to an absolute path.
     pub async fn raw(&self, method: Method, path: &str) -> Resp {
-        Resp::from(self.client.request(method, format!("{}{path}", self.base)).send().await.unwrap()).await
+        Resp::from(
+            self.client
+                .request(method, format!("{}{path}", self.base))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
     }
 }
 
@@ -126,9 +141,17 @@ impl User<'_> {
         let auth = sign(
             &self.id,
             &self.key,
-            SignedRequest { method: method.as_str(), target: &target, host: "127.0.0.1", port: self.server.port },
+            SignedRequest {
+                method: method.as_str(),
+                target: &target,
+                host: "127.0.0.1",
+                port: self.server.port,
+            },
         );
-        self.server.client.request(method, url).header("Authorization", auth)
+        self.server
+            .client
+            .request(method, url)
+            .header("Authorization", auth)
     }
 
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
@@ -144,13 +167,21 @@ impl User<'_> {
     }
 
     pub async fn put(&self, rest: &str, body: Value) -> Resp {
-        self.send(self.request(Method::PUT, rest).header("Content-Type", "application/json").body(body.to_string()))
-            .await
+        self.send(
+            self.request(Method::PUT, rest)
+                .header("Content-Type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
     }
 
     pub async fn post(&self, rest: &str, body: Value) -> Resp {
-        self.send(self.request(Method::POST, rest).header("Content-Type", "application/json").body(body.to_string()))
-            .await
+        self.send(
+            self.request(Method::POST, rest)
+                .header("Content-Type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
     }
 }
 
@@ -164,11 +195,16 @@ pub struct Resp {
 
 impl Resp {
     async fn from(r: reqwest::Response) -> Resp {
-        Resp { status: r.status().as_u16(), headers: r.headers().clone(), body: r.text().await.unwrap() }
+        Resp {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.text().await.unwrap(),
+        }
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -177,7 +213,10 @@ impl Resp {
 
     /// A timestamp header as milliseconds.
     pub fn ts_header(&self, name: &str) -> u64 {
-        ts_millis(self.header(name).unwrap_or_else(|| panic!("missing {name}")))
+        ts_millis(
+            self.header(name)
+                .unwrap_or_else(|| panic!("missing {name}")),
+        )
     }
 
     pub fn last_modified(&self) -> u64 {
@@ -187,7 +226,9 @@ impl Resp {
 
 /// "123.45" → 123450.
 pub fn ts_millis(text: &str) -> u64 {
-    syncserver::protocol::SyncTimestamp::parse(text).unwrap().as_millis()
+    syncserver::protocol::SyncTimestamp::parse(text)
+        .unwrap()
+        .as_millis()
 }
 
 /// A JSON number timestamp as milliseconds (exact, from its text).
