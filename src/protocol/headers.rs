@@ -75,12 +75,12 @@ pub fn negotiate_output(accept: Option<&str>) -> ApiResult<OutputFormat> {
         }
         let mut q = 1.0f32;
         for param in pieces {
-            if let Some((k, v)) = param.split_once('=') {
-                if k.trim().eq_ignore_ascii_case("q") {
-                    match v.trim().parse::<f32>() {
-                        Ok(v) if (0.0..=1.0).contains(&v) => q = v,
-                        _ => return Ok(OutputFormat::Json),
-                    }
+            if let Some((k, v)) = param.split_once('=')
+                && k.trim().eq_ignore_ascii_case("q")
+            {
+                match v.trim().parse::<f32>() {
+                    Ok(v) if (0.0..=1.0).contains(&v) => q = v,
+                    _ => return Ok(OutputFormat::Json),
                 }
             }
         }

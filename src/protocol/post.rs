@@ -250,9 +250,11 @@ mod tests {
 
     #[test]
     fn record_payload_limit() {
-        let mut l = Limits::default();
-        l.max_record_payload_bytes = 4;
-        let l = l.for_collection("c");
+        let l = Limits {
+            max_record_payload_bytes: 4,
+            ..Default::default()
+        }
+        .for_collection("c");
         let r = parse_post_body(
             json!([{"id": "a", "payload": "12345"}, {"id": "b", "payload": "1234"}])
                 .to_string()
@@ -313,8 +315,10 @@ mod tests {
         }
         assert!(put(r#"{"sortindex": -42, "collection": "c", "modified": 12}"#).is_ok());
         assert!(parse_put_body(b"{}", BodyFormat::Newlines, "c", "a", &l).is_err());
-        let mut small = Limits::default();
-        small.max_record_payload_bytes = 2;
+        let small = Limits {
+            max_record_payload_bytes: 2,
+            ..Default::default()
+        };
         let e = parse_put_body(
             br#"{"payload":"abc"}"#,
             BodyFormat::Json,

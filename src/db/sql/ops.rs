@@ -674,8 +674,8 @@ fn create_batch(conn: &mut Conn, scope: &WriteScope) -> ApiResult<i64> {
         .select(batch_uploads::batch)
         .load(conn)?;
     delete_user_batches(conn, scope.uid, expired)?;
-    let mut candidate = batch_id::numeric_id(now, scope.uid as u64);
-    for _ in 0..5 {
+    let first = batch_id::numeric_id(now, scope.uid as u64);
+    for candidate in first..first + 5 {
         let inserted = diesel::insert_or_ignore_into(batch_uploads::table)
             .values((
                 batch_uploads::batch.eq(candidate),
@@ -693,7 +693,6 @@ fn create_batch(conn: &mut Conn, scope: &WriteScope) -> ApiResult<i64> {
             .execute(conn)?;
             return Ok(candidate);
         }
-        candidate += 1;
     }
     Err(ApiError::new(
         ErrorKind::Conflict,
