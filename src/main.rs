@@ -48,6 +48,8 @@ enum Command {
     },
     /// Create or update the storage database schema, then exit.
     Migrate,
+    /// Delete expired records and batches (reads hide them already; this reclaims space).
+    PurgeTtl,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         } => token(settings, uid, node, duration),
         Command::Hawk { method, url } => hawk_header(settings, &method, &url),
         Command::Migrate => migrate(settings),
+        Command::PurgeTtl => purge_ttl(settings),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -140,8 +143,8 @@ fn token(
     Ok(())
 }
 
-fn migrate(settings: Settings) -> Result<(), String> {
-    let url = settings.storage_url();
+/// Opens the storage database for an admin command, running migrations.
+fn open_for_admin(settings: &Settings) -> Result<syncserver::db::SharedStorage, String> {
     let mut pool = settings.syncstorage.pool();
     pool.run_migrations = true;
     pool.max_size = 1;
@@ -150,8 +153,31 @@ fn migrate(settings: Settings) -> Result<(), String> {
         enable_quota: false,
         enforce_quota: false,
     };
-    syncserver::db::open_storage(&url, &pool, config)?;
-    eprintln!("syncserver: migrations applied to {url}");
+    syncserver::db::open_storage(&settings.storage_url(), &pool, config)
+}
+
+fn migrate(settings: Settings) -> Result<(), String> {
+    open_for_admin(&settings)?;
+    eprintln!(
+        "syncserver: migrations applied to {}",
+        settings.storage_url()
+    );
+    Ok(())
+}
+
+fn purge_ttl(settings: Settings) -> Result<(), String> {
+    let storage = open_for_admin(&settings)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let stats = runtime
+        .block_on(storage.purge_expired())
+        .map_err(|e| e.message)?;
+    eprintln!(
+        "syncserver: purged {} expired records and {} expired batches",
+        stats.bsos, stats.batches
+    );
     Ok(())
 }
 

@@ -122,6 +122,13 @@ pub struct DeletedCollection {
     pub storage_ts: SyncTimestamp,
 }
 
+/// What a TTL purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeStats {
+    pub bsos: usize,
+    pub batches: usize,
+}
+
 /// Connection pool occupancy, for `__lbheartbeat__`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolState {
@@ -164,6 +171,8 @@ pub trait StorageDb: Send + Sync {
     ) -> ApiResult<SyncTimestamp>;
     /// Whether the database answers (`__heartbeat__`).
     async fn check(&self) -> ApiResult<()>;
+    /// Deletes records and batches that expired before now (reads already hide them).
+    async fn purge_expired(&self) -> ApiResult<PurgeStats>;
     fn pool_state(&self) -> PoolState;
 }
 

@@ -12,6 +12,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use super::PurgeStats;
 use super::sql::PoolSettings;
 use super::sql::ops::{self, Conn, WriteScope};
 use super::{
@@ -387,6 +388,14 @@ impl StorageDb for SqliteStorage {
         self.blocking(|conn, _| {
             diesel::sql_query("SELECT 1").execute(conn)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn purge_expired(&self) -> ApiResult<PurgeStats> {
+        let _turn = self.write_lock.clone().lock_owned().await;
+        self.blocking(|conn, _| {
+            conn.immediate_transaction(|conn| Ok(ops::purge_expired(conn, SyncTimestamp::now())?))
         })
         .await
     }

@@ -779,3 +779,15 @@ pub fn page(
         next_offset,
     }
 }
+
+/// Removes expired records and expired batches (with their staged items) of every user.
+pub fn purge_expired(conn: &mut Conn, now: SyncTimestamp) -> QueryResult<crate::db::PurgeStats> {
+    let now = now.as_i64();
+    let bsos = diesel::delete(bso::table.filter(bso::ttl.le(now))).execute(conn)?;
+    let cutoff = now - batch_id::BATCH_LIFETIME_MS - 10;
+    diesel::delete(batch_upload_items::table.filter(batch_upload_items::batch.lt(cutoff)))
+        .execute(conn)?;
+    let batches = diesel::delete(batch_uploads::table.filter(batch_uploads::batch.lt(cutoff)))
+        .execute(conn)?;
+    Ok(crate::db::PurgeStats { bsos, batches })
+}

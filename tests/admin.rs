@@ -1,0 +1,116 @@
+//! Admin subcommands run as separate processes beside a live server, on the same SQLite file.
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use serde_json::json;
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn bso_rows(server: &TestServer) -> i64 {
+    let mut conn = SqliteConnection::establish(server.db_path().to_str().unwrap()).unwrap();
+    diesel::sql_query("SELECT COUNT(*) AS n FROM bso").get_result::<Count>(&mut conn).unwrap().n
+}
+
+fn syncserver(server: &TestServer, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_syncserver"))
+        .args(args)
+        .env("SYNC_DATA_DIR", server.dir.path())
+        .env("SYNC_MASTER_SECRET", MASTER_SECRET)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn purge_ttl_removes_only_expired_records_while_the_server_runs() {
+    let server = TestServer::start().await;
+    let user = server.user(3);
+    assert_eq!(user.put("/storage/tabs/gone", json!({"payload": "x", "ttl": 0})).await.status, 200);
+    assert_eq!(user.put("/storage/tabs/kept", json!({"payload": "y"})).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    assert_eq!(bso_rows(&server), 2);
+    let out = syncserver(&server, &["purge-ttl"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("purged 1 expired records"));
+    assert_eq!(bso_rows(&server), 1);
+    assert_eq!(user.get("/storage/tabs").await.json(), json!(["kept"]));
+    // The server keeps writing afterwards.
+    assert_eq!(user.put("/storage/tabs/again", json!({"payload": "z"})).await.status, 200);
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_beside_a_running_server() {
+    let server = TestServer::start().await;
+    let user = server.user(4);
+    assert_eq!(user.put("/storage/prefs/p", json!({"payload": "x"})).await.status, 200);
+    for _ in 0..2 {
+        let out = syncserver(&server, &["migrate"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(user.get("/storage/prefs/p").await.json()["payload"], "x");
+}
+
+#[tokio::test]
+async fn token_command_credentials_work_against_the_server() {
+    let server = TestServer::start().await;
+    let port = server.port.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncserver"))
+        .args(["token", "--uid", "77"])
+        .env("SYNC_DATA_DIR", server.dir.path())
+        .env("SYNC_MASTER_SECRET", MASTER_SECRET)
+        .env("SYNC_PORT", &port)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let creds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(creds["uid"], 77);
+    assert_eq!(creds["api_endpoint"], format!("http://127.0.0.1:{port}/1.5/77"));
+    let user = User {
+        server: &server,
+        uid: 77,
+        id: creds["id"].as_str().unwrap().into(),
+        key: creds["key"].as_str().unwrap().into(),
+    };
+    assert_eq!(user.put("/storage/meta/global", json!({"payload": "m"})).await.status, 200);
+    assert_eq!(user.get("/storage/meta").await.json(), json!(["global"]));
+}
+
+#[tokio::test]
+async fn hawk_command_signs_one_request() {
+    let server = TestServer::start().await;
+    let url = format!("{}/1.5/5/info/collections", server.base);
+    let out = syncserver(&server, &["hawk", "GET", &url]);
+    assert!(out.status.success());
+    let auth = String::from_utf8(out.stdout).unwrap();
+    let r = server.client.get(&url).header("Authorization", auth.trim()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let wrong = format!("{}/1.5/6/info/collections", server.base);
+    let r = server.client.get(&wrong).header("Authorization", auth.trim()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
+
+#[test]
+fn invalid_setting_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncserver"))
+        .env("SYNC_DATA_DIR", dir.path())
+        .env("SYNC_SYNCSTORAGE__LIMITS__MAX_POST_RECORDS", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_post_records"));
+    let out = Command::new(env!("CARGO_BIN_EXE_syncserver"))
+        .env("SYNC_DATA_DIR", dir.path())
+        .env("SYNC_SYNCSTORAGE__DATABASE_URL", "oracle://nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("syncstorage.database_url"));
+}
