@@ -81,7 +81,11 @@ async fn info_collections(user: &User<'_>) -> (Value, u64) {
 fn assert_put_ok(r: &Resp) -> u64 {
     assert_eq!(r.status, 200, "{}", r.body);
     let t = r.last_modified();
-    assert_eq!(json_ts(&r.json()), t, "PUT body must be the bare new timestamp");
+    assert_eq!(
+        json_ts(&r.json()),
+        t,
+        "PUT body must be the bare new timestamp"
+    );
     assert_eq!(r.ts_header("X-Weave-Timestamp"), t);
     t
 }
@@ -100,10 +104,18 @@ fn assert_post_ok(r: &Resp) -> (u64, Vec<String>, Value) {
 async fn put_overwrites_existing_payload() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t1 = assert_put_ok(&user.put("/storage/col2/TEST", json!({"payload": "XXX"})).await);
+    let t1 = assert_put_ok(
+        &user
+            .put("/storage/col2/TEST", json!({"payload": "XXX"}))
+            .await,
+    );
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.json()["payload"], "XXX");
-    let t2 = assert_put_ok(&user.put("/storage/col2/TEST", json!({"payload": "YYY"})).await);
+    let t2 = assert_put_ok(
+        &user
+            .put("/storage/col2/TEST", json!({"payload": "YYY"}))
+            .await,
+    );
     assert!(t2 > t1, "{t2} > {t1}");
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.status, 200);
@@ -136,7 +148,11 @@ async fn put_empty_object_creates_item_with_empty_payload() {
 async fn put_non_object_or_malformed_bso_is_400_code_8_and_writes_nothing() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(&user.put("/storage/col2/TEST", json!({"payload": "orig"})).await);
+    let t = assert_put_ok(
+        &user
+            .put("/storage/col2/TEST", json!({"payload": "orig"}))
+            .await,
+    );
     let before = info_collections(&user).await;
     let bodies = [
         json!("notabso"),
@@ -182,7 +198,11 @@ async fn put_body_that_is_not_json_is_400_code_8() {
 async fn post_non_list_body_is_400_code_8() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    for body in [json!("notalist"), json!(42), json!({"id": "01", "payload": "x"})] {
+    for body in [
+        json!("notalist"),
+        json!(42),
+        json!({"id": "01", "payload": "x"}),
+    ] {
         let r = user.post("/storage/col2", body).await;
         assert_error(&r, 400, 8);
     }
@@ -195,11 +215,18 @@ async fn post_non_list_body_is_400_code_8() {
 async fn post_list_with_non_object_element_rejects_whole_request() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(&user.put("/storage/col2/01", json!({"payload": "OLD"})).await);
+    let t = assert_put_ok(
+        &user
+            .put("/storage/col2/01", json!({"payload": "OLD"}))
+            .await,
+    );
     let before = info_collections(&user).await;
     for bad in [json!("BAD"), json!(42), json!(null), json!(["x"])] {
         let r = user
-            .post("/storage/col2", json!([{"id": "01", "payload": "GOOD"}, bad]))
+            .post(
+                "/storage/col2",
+                json!([{"id": "01", "payload": "GOOD"}, bad]),
+            )
             .await;
         assert_error(&r, 400, 8);
     }
@@ -257,17 +284,28 @@ async fn post_items_with_invalid_ids_fail_individually() {
     let long = "X".repeat(65);
     let max = "X".repeat(64);
     let bad = ["A\nB", "A\n", "\nN", "A\tB", "", long.as_str(), "caf\u{e9}"];
-    let mut items: Vec<Value> = bad.iter().map(|id| json!({"id": id, "payload": "x"})).collect();
+    let mut items: Vec<Value> = bad
+        .iter()
+        .map(|id| json!({"id": id, "payload": "x"}))
+        .collect();
     items.push(json!({"id": "ok", "payload": "x"}));
     items.push(json!({"id": max, "payload": "x"}));
     items.push(json!({"id": " ~{}", "payload": "x"}));
     let r = user.post("/storage/col2", Value::Array(items)).await;
     let (_, success, failed) = assert_post_ok(&r);
-    assert_eq!(success, vec!["ok".to_string(), max.clone(), " ~{}".to_string()]);
+    assert_eq!(
+        success,
+        vec!["ok".to_string(), max.clone(), " ~{}".to_string()]
+    );
     let expected: BTreeSet<String> = bad.iter().map(|s| s.to_string()).collect();
     assert_eq!(keys(&failed), expected);
     let stored = ids_in(&user, "col2").await;
-    assert_eq!(stored, [String::from("ok"), max, " ~{}".into()].into_iter().collect());
+    assert_eq!(
+        stored,
+        [String::from("ok"), max, " ~{}".into()]
+            .into_iter()
+            .collect()
+    );
 }
 
 // SPEC 6.36 (SPEC 1.5: `modified` present and collection bumped even if every item failed)
@@ -275,7 +313,11 @@ async fn post_items_with_invalid_ids_fail_individually() {
 async fn post_where_every_item_fails_still_bumps_collection() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t0 = assert_put_ok(&user.put("/storage/col2/keep", json!({"payload": "k"})).await);
+    let t0 = assert_put_ok(
+        &user
+            .put("/storage/col2/keep", json!({"payload": "k"}))
+            .await,
+    );
     let r = user
         .post("/storage/col2", json!([{"id": "A\nB", "payload": "x"}]))
         .await;
@@ -296,11 +338,20 @@ fn invalid_field_bsos() -> Vec<(&'static str, Value)> {
     vec![
         ("si_text", json!({"payload": "x", "sortindex": "xxx_meh"})),
         ("si_str_float", json!({"payload": "x", "sortindex": "2.6"})),
-        ("si_str_big", json!({"payload": "x", "sortindex": "1000000000"})),
+        (
+            "si_str_big",
+            json!({"payload": "x", "sortindex": "1000000000"}),
+        ),
         ("si_str_int", json!({"payload": "x", "sortindex": "12"})),
         ("si_float", json!({"payload": "x", "sortindex": 2.6})),
-        ("si_big", json!({"payload": "x", "sortindex": 1_000_000_000})),
-        ("si_small", json!({"payload": "x", "sortindex": -1_000_000_000})),
+        (
+            "si_big",
+            json!({"payload": "x", "sortindex": 1_000_000_000}),
+        ),
+        (
+            "si_small",
+            json!({"payload": "x", "sortindex": -1_000_000_000}),
+        ),
         ("payload_num", json!({"payload": 42})),
         ("payload_obj", json!({"payload": {"3": "4"}})),
         ("ttl_text", json!({"payload": "x", "ttl": "eh?"})),
@@ -328,7 +379,10 @@ async fn post_items_with_invalid_fields_fail_individually() {
     let r = user.post("/storage/col2", Value::Array(items)).await;
     let (_, success, failed) = assert_post_ok(&r);
     assert_eq!(success, vec!["good", "good2"]);
-    let expected: BTreeSet<String> = invalid_field_bsos().iter().map(|(id, _)| id.to_string()).collect();
+    let expected: BTreeSet<String> = invalid_field_bsos()
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
     assert_eq!(keys(&failed), expected);
     for (id, reason) in failed.as_object().unwrap() {
         assert!(reason.is_string(), "{id}: {reason}");
@@ -347,7 +401,10 @@ async fn put_with_invalid_field_is_400_code_8_and_item_unchanged() {
     let user = server.user(1);
     let t = assert_put_ok(
         &user
-            .put("/storage/col2/TEST", json!({"payload": "orig", "sortindex": 5}))
+            .put(
+                "/storage/col2/TEST",
+                json!({"payload": "orig", "sortindex": 5}),
+            )
             .await,
     );
     let before = info_collections(&user).await;
@@ -364,7 +421,10 @@ async fn put_with_invalid_field_is_400_code_8_and_item_unchanged() {
         .await;
     assert_error(&r, 400, 8);
     let r = user.get("/storage/col2/TEST").await;
-    assert_eq!(r.json(), json!({"id": "TEST", "modified": r.json()["modified"], "payload": "orig", "sortindex": 5}));
+    assert_eq!(
+        r.json(),
+        json!({"id": "TEST", "modified": r.json()["modified"], "payload": "orig", "sortindex": 5})
+    );
     assert_eq!(json_ts(&r.json()["modified"]), t);
     assert_error(&user.get("/storage/col2/NEW").await, 404, 0);
     assert_eq!(info_collections(&user).await, before);
@@ -377,7 +437,10 @@ async fn put_body_id_is_ignored_in_favour_of_url_id() {
     let user = server.user(1);
     assert_put_ok(
         &user
-            .put("/storage/col2/url_id", json!({"id": "body_id", "payload": "x"}))
+            .put(
+                "/storage/col2/url_id",
+                json!({"id": "body_id", "payload": "x"}),
+            )
             .await,
     );
     assert_eq!(ids_in(&user, "col2").await, set(["url_id"]));
@@ -399,7 +462,10 @@ async fn put_negative_ttl_is_400_but_negative_sortindex_is_accepted() {
 
     let t = assert_put_ok(
         &user
-            .put("/storage/col2/TEST", json!({"payload": "x", "sortindex": -42}))
+            .put(
+                "/storage/col2/TEST",
+                json!({"payload": "x", "sortindex": -42}),
+            )
             .await,
     );
     let r = user.get("/storage/col2/TEST").await;
@@ -447,7 +513,10 @@ async fn collection_field_is_accepted_in_post_and_put() {
     // The field is ignored: the URL collection wins.
     assert_put_ok(
         &user
-            .put("/storage/col2/x", json!({"collection": "other", "payload": "p"}))
+            .put(
+                "/storage/col2/x",
+                json!({"collection": "other", "payload": "p"}),
+            )
             .await,
     );
     assert_eq!(ids_in(&user, "meta").await, set(["global"]));
@@ -463,7 +532,10 @@ async fn client_supplied_modified_is_ignored() {
     let server = TestServer::start().await;
     let user = server.user(1);
     let r = user
-        .put("/storage/col2/TEST", json!({"payload": "x", "modified": 12}))
+        .put(
+            "/storage/col2/TEST",
+            json!({"payload": "x", "modified": 12}),
+        )
         .await;
     let t = assert_put_ok(&r);
     assert_eq!(r.ts_header("X-Weave-Timestamp"), t);
@@ -472,7 +544,10 @@ async fn client_supplied_modified_is_ignored() {
     assert_ne!(json_ts(&r.json()["modified"]), 12_000);
 
     let r = user
-        .post("/storage/col2", json!([{"id": "p", "payload": "x", "modified": 12}]))
+        .post(
+            "/storage/col2",
+            json!([{"id": "p", "payload": "x", "modified": 12}]),
+        )
         .await;
     let (t2, success, _) = assert_post_ok(&r);
     assert_eq!(success, vec!["p"]);
@@ -556,7 +631,11 @@ async fn put_text_plain_json_is_accepted() {
 async fn unsupported_or_missing_content_type_is_415_and_stores_nothing() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(&user.put("/storage/col2/TEST", json!({"payload": "orig"})).await);
+    let t = assert_put_ok(
+        &user
+            .put("/storage/col2/TEST", json!({"payload": "orig"}))
+            .await,
+    );
     let before = info_collections(&user).await;
     for ct in [
         Some("application/octet-stream"),
@@ -637,7 +716,6 @@ async fn post_below_max_post_records_all_succeed() {
     let r = user.get("/info/collection_counts").await;
     assert_eq!(r.json()["col2"], n);
 }
-
 
 // SPEC 6.42
 #[tokio::test]
@@ -745,12 +823,19 @@ async fn payload_over_max_record_payload_bytes_is_rejected() {
     let server =
         TestServer::start_with(|s| s.syncstorage.limits.max_record_payload_bytes = 5).await;
     let user = server.user(1);
-    assert_put_ok(&user.put("/storage/col2/ok", json!({"payload": "12345"})).await);
+    assert_put_ok(
+        &user
+            .put("/storage/col2/ok", json!({"payload": "12345"}))
+            .await,
+    );
     let r = user
         .put("/storage/col2/ok", json!({"payload": "123456"}))
         .await;
     assert_error(&r, 400, 8);
-    assert_eq!(user.get("/storage/col2/ok").await.json()["payload"], "12345");
+    assert_eq!(
+        user.get("/storage/col2/ok").await.json()["payload"],
+        "12345"
+    );
     let r = user
         .post(
             "/storage/col2",
@@ -790,7 +875,13 @@ async fn batch_post_bytes_limit_counts_all_items() {
     assert_eq!(ids_in(&user, "col2").await, BTreeSet::new());
 }
 
-async fn post_with_header(user: &User<'_>, rest: &str, name: &str, value: &str, body: Value) -> Resp {
+async fn post_with_header(
+    user: &User<'_>,
+    rest: &str,
+    name: &str,
+    value: &str,
+    body: Value,
+) -> Resp {
     let rb = user
         .request(Method::POST, rest)
         .header("Content-Type", "application/json")
@@ -898,12 +989,18 @@ async fn crypto_known_bad_payload_is_rejected() {
     for payload in [BAD_IV_PAYLOAD, compact] {
         for id in ["keys", "blerg"] {
             let r = user
-                .put(&format!("/storage/crypto/{id}"), json!({"payload": payload}))
+                .put(
+                    &format!("/storage/crypto/{id}"),
+                    json!({"payload": payload}),
+                )
                 .await;
             assert_error(&r, 400, 8);
         }
         let r = user
-            .post("/storage/crypto", json!([{"id": "keys", "payload": payload}]))
+            .post(
+                "/storage/crypto",
+                json!([{"id": "keys", "payload": payload}]),
+            )
             .await;
         assert_error(&r, 400, 8);
         // One bad item fails the whole request, good items included.
@@ -921,15 +1018,25 @@ async fn crypto_known_bad_payload_is_rejected() {
     // The same payload is fine elsewhere, and a normal IV is fine in crypto.
     assert_put_ok(
         &user
-            .put("/storage/bookmarks/keys", json!({"payload": BAD_IV_PAYLOAD}))
+            .put(
+                "/storage/bookmarks/keys",
+                json!({"payload": BAD_IV_PAYLOAD}),
+            )
             .await,
     );
     let r = user
-        .post("/storage/bookmarks", json!([{"id": "blerg", "payload": BAD_IV_PAYLOAD}]))
+        .post(
+            "/storage/bookmarks",
+            json!([{"id": "blerg", "payload": BAD_IV_PAYLOAD}]),
+        )
         .await;
     assert_eq!(assert_post_ok(&r).1, vec!["blerg"]);
     let good = r#"{"ciphertext": "abc", "IV": "AAAAAAAAAAAAAAAAAAAAAB==", "hmac": "def"}"#;
-    assert_put_ok(&user.put("/storage/crypto/keys", json!({"payload": good})).await);
+    assert_put_ok(
+        &user
+            .put("/storage/crypto/keys", json!({"payload": good}))
+            .await,
+    );
     let r = user.get("/storage/bookmarks/keys").await;
     assert_eq!(r.json()["payload"], BAD_IV_PAYLOAD);
 }
@@ -952,7 +1059,10 @@ async fn put_with_null_ttl_is_readable() {
     // null sortindex is like an absent one.
     assert_put_ok(
         &user
-            .put("/storage/col2/N", json!({"payload": "x", "sortindex": null}))
+            .put(
+                "/storage/col2/N",
+                json!({"payload": "x", "sortindex": null}),
+            )
             .await,
     );
     let r = user.get("/storage/col2/N").await;
@@ -1045,7 +1155,10 @@ async fn expired_item_is_404_and_can_be_overwritten() {
     );
     sleep_ms(30).await;
     let r = user
-        .post("/storage/col2", json!([{"id": "P", "payload": "back", "ttl": 42}]))
+        .post(
+            "/storage/col2",
+            json!([{"id": "P", "payload": "back", "ttl": 42}]),
+        )
         .await;
     assert_eq!(assert_post_ok(&r).1, vec!["P"]);
     assert_eq!(user.get("/storage/col2/P").await.json()["payload"], "back");
@@ -1062,7 +1175,11 @@ async fn ttl_only_put_extends_life_without_touching_modified() {
     sleep_ms(200).await;
     let t_ttl = assert_put_ok(&user.put("/storage/col2/TEST2", json!({"ttl": 10})).await);
     let ts3 = assert_put_ok(&user.put("/storage/col2/TEST3", json!({"ttl": 10})).await);
-    assert_put_ok(&user.put("/storage/col2/TEST1", json!({"sortindex": 3})).await);
+    assert_put_ok(
+        &user
+            .put("/storage/col2/TEST1", json!({"sortindex": 3}))
+            .await,
+    );
     sleep_ms(900).await;
 
     assert_error(&user.get("/storage/col2/TEST1").await, 404, 0);
@@ -1077,7 +1194,10 @@ async fn ttl_only_put_extends_life_without_touching_modified() {
     let m3 = json_ts(&r.json()["modified"]);
     assert_eq!(m3, ts3);
     assert!(m2 < m3, "{m2} < {m3}");
-    assert!(t_ttl > ts2, "the ttl-only PUT still answers a new timestamp");
+    assert!(
+        t_ttl > ts2,
+        "the ttl-only PUT still answers a new timestamp"
+    );
     assert_eq!(ids_in(&user, "col2").await, set(["TEST2", "TEST3"]));
 }
 
@@ -1132,7 +1252,10 @@ async fn ttl_only_put_rebases_expiry_on_its_own_timestamp() {
     let user = server.user(1);
     let t1 = assert_put_ok(
         &user
-            .put("/storage/col2/TEST", json!({"payload": "p", "sortindex": 2, "ttl": 1}))
+            .put(
+                "/storage/col2/TEST",
+                json!({"payload": "p", "sortindex": 2, "ttl": 1}),
+            )
             .await,
     );
     sleep_ms(600).await;
@@ -1165,16 +1288,27 @@ async fn partial_put_keeps_unspecified_fields_and_expiry() {
     let user = server.user(1);
     let t1 = assert_put_ok(
         &user
-            .put("/storage/col2/TEST", json!({"payload": "p", "sortindex": 5, "ttl": 1}))
+            .put(
+                "/storage/col2/TEST",
+                json!({"payload": "p", "sortindex": 5, "ttl": 1}),
+            )
             .await,
     );
-    let t2 = assert_put_ok(&user.put("/storage/col2/TEST", json!({"sortindex": 7})).await);
+    let t2 = assert_put_ok(
+        &user
+            .put("/storage/col2/TEST", json!({"sortindex": 7}))
+            .await,
+    );
     assert!(t2 > t1);
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.json()["payload"], "p");
     assert_eq!(r.json()["sortindex"], 7);
     assert_eq!(json_ts(&r.json()["modified"]), t2);
-    let t3 = assert_put_ok(&user.put("/storage/col2/TEST", json!({"payload": "q"})).await);
+    let t3 = assert_put_ok(
+        &user
+            .put("/storage/col2/TEST", json!({"payload": "q"}))
+            .await,
+    );
     assert!(t3 > t2);
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.json()["payload"], "q");
@@ -1210,12 +1344,20 @@ async fn partial_post_keeps_unspecified_fields() {
     assert!(t2 > t1);
     let a = user.get("/storage/col2/a").await.json();
     assert_eq!(
-        (a["payload"].clone(), a["sortindex"].clone(), json_ts(&a["modified"])),
+        (
+            a["payload"].clone(),
+            a["sortindex"].clone(),
+            json_ts(&a["modified"])
+        ),
         (json!("pa"), json!(10), t2)
     );
     let b = user.get("/storage/col2/b").await.json();
     assert_eq!(
-        (b["payload"].clone(), b["sortindex"].clone(), json_ts(&b["modified"])),
+        (
+            b["payload"].clone(),
+            b["sortindex"].clone(),
+            json_ts(&b["modified"])
+        ),
         (json!("pb2"), json!(2), t2)
     );
 }

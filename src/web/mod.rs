@@ -148,13 +148,18 @@ async fn weave_middleware(
         res = ServiceResponse::new(req, HttpResponse::MethodNotAllowed().finish());
     }
     if !is_dockerflow(&path) && method != Method::OPTIONS {
-        let last_modified = res
-            .headers()
-            .get(X_LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| SyncTimestamp::parse(v).ok())
-            .unwrap_or_default();
-        let value = request_ts.max(last_modified).to_string();
+        // A write's handler may already have set its T (when X-Last-Modified is not T).
+        let header_ts = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| SyncTimestamp::parse(v).ok())
+                .unwrap_or_default()
+        };
+        let value = request_ts
+            .max(header_ts(X_LAST_MODIFIED))
+            .max(header_ts(X_WEAVE_TIMESTAMP))
+            .to_string();
         if let Ok(v) = HeaderValue::from_str(&value) {
             res.headers_mut().insert(
                 actix_web::http::header::HeaderName::from_static("x-weave-timestamp"),
@@ -162,7 +167,6 @@ async fn weave_middleware(
             );
         }
     }
-    let _ = X_WEAVE_TIMESTAMP;
     slog_scope::info!("request";
         "method" => %method, "path" => %path, "status" => res.status().as_u16(),
         "duration_ms" => started.elapsed().as_millis() as u64, "agent" => %ua);

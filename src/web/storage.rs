@@ -187,7 +187,17 @@ pub async fn delete_collection(req: HttpRequest, state: Data<AppState>) -> ApiRe
         }
         None => {
             let deleted = state.storage.delete_collection(target).await?;
-            ok(deleted.previous_ts, &deleted.storage_ts)
+            // X-Last-Modified is the pre-delete timestamp; the write's own T is the body.
+            let mut resp = ok(deleted.previous_ts, &deleted.storage_ts);
+            resp.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-weave-timestamp"),
+                deleted
+                    .storage_ts
+                    .to_string()
+                    .parse()
+                    .expect("timestamp is a valid header"),
+            );
+            resp
         }
     })
 }
