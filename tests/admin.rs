@@ -16,7 +16,10 @@ struct Count {
 
 fn bso_rows(server: &TestServer) -> i64 {
     let mut conn = SqliteConnection::establish(server.db_path().to_str().unwrap()).unwrap();
-    diesel::sql_query("SELECT COUNT(*) AS n FROM bso").get_result::<Count>(&mut conn).unwrap().n
+    diesel::sql_query("SELECT COUNT(*) AS n FROM bso")
+        .get_result::<Count>(&mut conn)
+        .unwrap()
+        .n
 }
 
 fn syncserver(server: &TestServer, args: &[&str]) -> std::process::Output {
@@ -32,27 +35,55 @@ fn syncserver(server: &TestServer, args: &[&str]) -> std::process::Output {
 async fn purge_ttl_removes_only_expired_records_while_the_server_runs() {
     let server = TestServer::start().await;
     let user = server.user(3);
-    assert_eq!(user.put("/storage/tabs/gone", json!({"payload": "x", "ttl": 0})).await.status, 200);
-    assert_eq!(user.put("/storage/tabs/kept", json!({"payload": "y"})).await.status, 200);
+    assert_eq!(
+        user.put("/storage/tabs/gone", json!({"payload": "x", "ttl": 0}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        user.put("/storage/tabs/kept", json!({"payload": "y"}))
+            .await
+            .status,
+        200
+    );
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     assert_eq!(bso_rows(&server), 2);
     let out = syncserver(&server, &["purge-ttl"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("purged 1 expired records"));
     assert_eq!(bso_rows(&server), 1);
     assert_eq!(user.get("/storage/tabs").await.json(), json!(["kept"]));
     // The server keeps writing afterwards.
-    assert_eq!(user.put("/storage/tabs/again", json!({"payload": "z"})).await.status, 200);
+    assert_eq!(
+        user.put("/storage/tabs/again", json!({"payload": "z"}))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn migrate_is_idempotent_beside_a_running_server() {
     let server = TestServer::start().await;
     let user = server.user(4);
-    assert_eq!(user.put("/storage/prefs/p", json!({"payload": "x"})).await.status, 200);
+    assert_eq!(
+        user.put("/storage/prefs/p", json!({"payload": "x"}))
+            .await
+            .status,
+        200
+    );
     for _ in 0..2 {
         let out = syncserver(&server, &["migrate"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(user.get("/storage/prefs/p").await.json()["payload"], "x");
 }
@@ -71,14 +102,22 @@ async fn token_command_credentials_work_against_the_server() {
     assert!(out.status.success());
     let creds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(creds["uid"], 77);
-    assert_eq!(creds["api_endpoint"], format!("http://127.0.0.1:{port}/1.5/77"));
+    assert_eq!(
+        creds["api_endpoint"],
+        format!("http://127.0.0.1:{port}/1.5/77")
+    );
     let user = User {
         server: &server,
         uid: 77,
         id: creds["id"].as_str().unwrap().into(),
         key: creds["key"].as_str().unwrap().into(),
     };
-    assert_eq!(user.put("/storage/meta/global", json!({"payload": "m"})).await.status, 200);
+    assert_eq!(
+        user.put("/storage/meta/global", json!({"payload": "m"}))
+            .await
+            .status,
+        200
+    );
     assert_eq!(user.get("/storage/meta").await.json(), json!(["global"]));
 }
 
@@ -89,10 +128,22 @@ async fn hawk_command_signs_one_request() {
     let out = syncserver(&server, &["hawk", "GET", &url]);
     assert!(out.status.success());
     let auth = String::from_utf8(out.stdout).unwrap();
-    let r = server.client.get(&url).header("Authorization", auth.trim()).send().await.unwrap();
+    let r = server
+        .client
+        .get(&url)
+        .header("Authorization", auth.trim())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let wrong = format!("{}/1.5/6/info/collections", server.base);
-    let r = server.client.get(&wrong).header("Authorization", auth.trim()).send().await.unwrap();
+    let r = server
+        .client
+        .get(&wrong)
+        .header("Authorization", auth.trim())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
 
