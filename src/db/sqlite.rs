@@ -14,21 +14,19 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::PurgeStats;
 use super::sql::PoolSettings;
-use super::sql::ops::{self, Conn, WriteScope};
+use super::sql::ops::WriteScope;
 use super::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoKind,
-    PoolState, PostBsos, PostResult, PutBso, StorageConfig, StorageDb, UserId, not_found,
+    PoolState, PostBsos, PostResult, PutBso, StorageConfig, StorageDb, UserId,
 };
-use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::error::{ApiError, ApiResult};
 use crate::protocol::{Bso, Precondition, SyncTimestamp};
+use ops::Conn;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// How long a connection waits on another process's write lock before the request gets 503.
 const BUSY_TIMEOUT_MS: u32 = 15_000;
-/// A collection stamped at most this far ahead of our clock (the same 10 ms tick, typically)
-/// is waited out instead of answered with 503.
-const MAX_CLOCK_WAIT_MS: u64 = 100;
 
 /// Where the database file lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,64 +172,12 @@ impl SqliteStorage {
         let _turn = self.write_lock.clone().lock_owned().await;
         self.blocking(move |conn, config| {
             conn.immediate_transaction(|conn| {
-                let scope = lock_scope(conn, uid, collection.as_deref())?;
+                let scope = ops::begin_write(conn, uid, collection.as_deref())?;
                 f(conn, &scope, config)
             })
         })
         .await
     }
-}
-
-/// Resolves the collection (creating its name mapping) and picks a T later than its timestamp.
-fn lock_scope(conn: &mut Conn, uid: i64, collection: Option<&str>) -> ApiResult<WriteScope> {
-    let Some(name) = collection else {
-        return Ok(WriteScope {
-            uid,
-            cid: -1,
-            t: SyncTimestamp::now(),
-            collection_ts: SyncTimestamp::ZERO,
-        });
-    };
-    let cid = ops::get_or_create_collection_id(conn, name)?;
-    let collection_ts = ops::collection_ts(conn, uid, cid)?.unwrap_or_default();
-    let mut t = SyncTimestamp::now();
-    if collection_ts >= t {
-        let ahead = collection_ts.as_millis() - t.as_millis();
-        if ahead > MAX_CLOCK_WAIT_MS {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                "collection modified in the future",
-            ));
-        }
-        // Writes are serialized, so waiting out the tick is cheaper for clients than a 503.
-        std::thread::sleep(Duration::from_millis(ahead + 10));
-        t = SyncTimestamp::now();
-        if collection_ts >= t {
-            return Err(ApiError::new(ErrorKind::Conflict, "write conflict"));
-        }
-    }
-    Ok(WriteScope {
-        uid,
-        cid,
-        t,
-        collection_ts,
-    })
-}
-
-/// Reads need the collection id only if it exists; an unknown name has no data.
-fn read_collection(
-    conn: &mut Conn,
-    uid: i64,
-    name: &str,
-) -> ApiResult<Option<(i32, SyncTimestamp)>> {
-    Ok(match ops::collection_id(conn, name)? {
-        Some(cid) => Some((cid, ops::collection_ts(conn, uid, cid)?.unwrap_or_default())),
-        None => None,
-    })
-}
-
-fn check(precondition: Precondition, resource: SyncTimestamp) -> ApiResult<()> {
-    precondition.check(resource)
 }
 
 #[async_trait]
@@ -243,130 +189,56 @@ impl StorageDb for SqliteStorage {
         precondition: Precondition,
     ) -> ApiResult<Info> {
         let uid = user.legacy_id as i64;
-        self.read(move |conn, _| {
-            let storage_ts = ops::storage_ts(conn, uid)?;
-            check(precondition, storage_ts)?;
-            let body = ops::info(conn, uid, kind, SyncTimestamp::now())?;
-            Ok(Info { storage_ts, body })
-        })
-        .await
+        self.read(move |conn, _| ops::info(conn, uid, kind, precondition))
+            .await
     }
 
     async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage> {
-        let uid = params.target.user.legacy_id as i64;
-        self.read(move |conn, config| {
-            let Some((cid, ts)) = read_collection(conn, uid, &params.target.collection)? else {
-                check(params.target.precondition, SyncTimestamp::ZERO)?;
-                return Ok(BsoPage {
-                    collection_ts: SyncTimestamp::ZERO,
-                    items: vec![],
-                    next_offset: None,
-                });
-            };
-            check(params.target.precondition, ts)?;
-            let max = config.limits.max_total_records;
-            Ok(ops::page(
-                ts,
-                ops::list_bsos(conn, uid, cid, &params.query, SyncTimestamp::now(), max)?,
-            ))
-        })
-        .await
+        self.read(move |conn, config| ops::get_bsos(conn, config, params))
+            .await
     }
 
     async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {
-        let uid = params.user.legacy_id as i64;
-        self.read(move |conn, _| {
-            let found = match ops::collection_id(conn, &params.collection)? {
-                Some(cid) => ops::get_bso(conn, uid, cid, &params.id, SyncTimestamp::now())?,
-                None => None,
-            };
-            let modified = found
-                .as_ref()
-                .map_or(SyncTimestamp::ZERO, |b| SyncTimestamp::from_i64(b.modified));
-            check(params.precondition, modified)?;
-            found.map(Bso::from).ok_or_else(not_found)
-        })
-        .await
+        self.read(move |conn, _| ops::get_bso(conn, params)).await
     }
 
     async fn put_bso(&self, params: PutBso) -> ApiResult<SyncTimestamp> {
-        let PutBso { target, bso } = params;
-        self.write(
-            &target.user,
-            Some(target.collection),
-            move |conn, scope, config| {
-                let existing = ops::get_bso(conn, scope.uid, scope.cid, &bso.id, scope.t)?;
-                check(
-                    target.precondition,
-                    existing.map_or(SyncTimestamp::ZERO, |b| SyncTimestamp::from_i64(b.modified)),
-                )?;
-                ops::put_bso(conn, scope, config, &bso)
-            },
-        )
+        let (user, collection) = (params.target.user.clone(), params.target.collection.clone());
+        self.write(&user, Some(collection), move |conn, scope, config| {
+            ops::put_bso(conn, scope, config, params)
+        })
         .await
     }
 
     async fn post_bsos(&self, params: PostBsos) -> ApiResult<PostResult> {
-        let PostBsos {
-            target,
-            items,
-            batch,
-        } = params;
-        self.write(
-            &target.user,
-            Some(target.collection),
-            move |conn, scope, config| {
-                check(target.precondition, scope.collection_ts)?;
-                ops::post_bsos(conn, scope, config, items, &batch)
-            },
-        )
+        let (user, collection) = (params.target.user.clone(), params.target.collection.clone());
+        self.write(&user, Some(collection), move |conn, scope, config| {
+            ops::post_bsos(conn, scope, config, params)
+        })
         .await
     }
 
     async fn delete_bso(&self, params: BsoRef) -> ApiResult<SyncTimestamp> {
-        let BsoRef {
-            user,
-            collection,
-            id,
-            precondition,
-        } = params;
+        let (user, collection) = (params.user.clone(), params.collection.clone());
         self.write(&user, Some(collection), move |conn, scope, config| {
-            let existing = ops::get_bso(conn, scope.uid, scope.cid, &id, scope.t)?;
-            check(
-                precondition,
-                existing.map_or(SyncTimestamp::ZERO, |b| SyncTimestamp::from_i64(b.modified)),
-            )?;
-            ops::delete_bso(conn, scope, config, &id)
+            ops::delete_bso(conn, scope, config, params)
         })
         .await
     }
 
     async fn delete_bsos(&self, params: DeleteBsos) -> ApiResult<SyncTimestamp> {
-        let DeleteBsos { target, ids } = params;
-        self.write(
-            &target.user,
-            Some(target.collection),
-            move |conn, scope, config| {
-                check(target.precondition, scope.collection_ts)?;
-                ops::delete_bsos(conn, scope, config, &ids)
-            },
-        )
+        let (user, collection) = (params.target.user.clone(), params.target.collection.clone());
+        self.write(&user, Some(collection), move |conn, scope, config| {
+            ops::delete_bsos(conn, scope, config, params)
+        })
         .await
     }
 
     async fn delete_collection(&self, params: CollectionRef) -> ApiResult<DeletedCollection> {
-        self.write(
-            &params.user,
-            Some(params.collection),
-            move |conn, scope, _| {
-                check(params.precondition, scope.collection_ts)?;
-                let storage_ts = ops::delete_collection(conn, scope)?;
-                Ok(DeletedCollection {
-                    previous_ts: scope.collection_ts,
-                    storage_ts,
-                })
-            },
-        )
+        let (user, collection) = (params.user.clone(), params.collection.clone());
+        self.write(&user, Some(collection), move |conn, scope, _| {
+            ops::delete_collection(conn, scope, params)
+        })
         .await
     }
 
@@ -376,26 +248,19 @@ impl StorageDb for SqliteStorage {
         precondition: Precondition,
     ) -> ApiResult<SyncTimestamp> {
         self.write(user, None, move |conn, scope, _| {
-            let before = ops::storage_ts(conn, scope.uid)?;
-            check(precondition, before)?;
-            ops::delete_storage(conn, scope.uid)?;
-            Ok(before)
+            ops::delete_storage(conn, scope.uid, precondition)
         })
         .await
     }
 
     async fn check(&self) -> ApiResult<()> {
-        self.blocking(|conn, _| {
-            diesel::sql_query("SELECT 1").execute(conn)?;
-            Ok(())
-        })
-        .await
+        self.blocking(|conn, _| ops::ping(conn)).await
     }
 
     async fn purge_expired(&self) -> ApiResult<PurgeStats> {
         let _turn = self.write_lock.clone().lock_owned().await;
         self.blocking(|conn, _| {
-            conn.immediate_transaction(|conn| Ok(ops::purge_expired(conn, SyncTimestamp::now())?))
+            conn.immediate_transaction(|conn| ops::purge_expired(conn, SyncTimestamp::now()))
         })
         .await
     }
@@ -408,6 +273,33 @@ impl StorageDb for SqliteStorage {
             max_size: self.max_size,
         }
     }
+}
+
+/// The shared operations, compiled for SQLite (synchronous; run on blocking threads).
+mod ops {
+    use diesel::RunQueryDsl;
+
+    pub type Conn = diesel::SqliteConnection;
+    type Db = diesel::sqlite::Sqlite;
+
+    /// Payload bytes (written by us on every insert).
+    const BSO_BYTES_SUM: &str = "SUM(payload_size)";
+    const STAGED_BYTES_SUM: &str = "SUM(payload_size)";
+
+    /// The write transaction is already `BEGIN IMMEDIATE`: the whole database is locked.
+    fn lock_collection_ts(
+        conn: &mut Conn,
+        uid: i64,
+        cid: i32,
+    ) -> QueryResult<Option<SyncTimestamp>> {
+        collection_ts(conn, uid, cid)
+    }
+
+    fn pause(ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+
+    crate::storage_ops!([] []);
 }
 
 #[cfg(test)]
