@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::protocol::post::PostItems;
 use crate::protocol::{BatchRequest, Bso, BsoQuery, Limits, Offset, Precondition, SyncTimestamp};
 
+pub mod mysql;
 pub mod sql;
 pub mod sqlite;
 
@@ -184,10 +185,13 @@ pub fn open_storage(
     pool: &sql::PoolSettings,
     config: StorageConfig,
 ) -> Result<SharedStorage, String> {
+    if mysql::is_mysql_url(url) {
+        return Ok(Arc::new(mysql::MysqlStorage::open(url, pool, config)?));
+    }
     match sqlite::SqliteTarget::from_url(url) {
         Some(target) => Ok(Arc::new(sqlite::SqliteStorage::open(target, pool, config)?)),
         None => Err(format!(
-            "syncstorage.database_url: unsupported database URL {url:?} (this build supports sqlite: URLs and paths)"
+            "syncstorage.database_url: unsupported database URL {url:?} (use sqlite:PATH or mysql://)"
         )),
     }
 }
