@@ -3,23 +3,12 @@ mod common;
 
 use std::process::Command;
 
+use common::db::*;
 use common::*;
-use diesel::prelude::*;
-use diesel::sql_types::BigInt;
 use serde_json::json;
 
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
 fn bso_rows(server: &TestServer) -> i64 {
-    let mut conn = SqliteConnection::establish(server.db_path().to_str().unwrap()).unwrap();
-    diesel::sql_query("SELECT COUNT(*) AS n FROM bso")
-        .get_result::<Count>(&mut conn)
-        .unwrap()
-        .n
+    count(&mut db(server), "SELECT COUNT(*) AS v FROM bso")
 }
 
 fn syncserver(server: &TestServer, args: &[&str]) -> std::process::Output {
@@ -128,40 +117,33 @@ async fn hawk_command_signs_one_request() {
     let out = syncserver(&server, &["hawk", "GET", &url]);
     assert!(out.status.success());
     let auth = String::from_utf8(out.stdout).unwrap();
-    let r = server
-        .client
-        .get(&url)
-        .header("Authorization", auth.trim())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let signed_get = |url: &str| server.client.get(url).header("Authorization", auth.trim());
+    assert_eq!(send_rb(signed_get(&url)).await.status, 200);
     let wrong = format!("{}/1.5/6/info/collections", server.base);
-    let r = server
-        .client
-        .get(&wrong)
-        .header("Authorization", auth.trim())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(send_rb(signed_get(&wrong)).await.status, 401);
 }
 
 #[test]
 fn invalid_setting_stops_start_up_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_syncserver"))
-        .env("SYNC_DATA_DIR", dir.path())
-        .env("SYNC_SYNCSTORAGE__LIMITS__MAX_POST_RECORDS", "lots")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("max_post_records"));
-    let out = Command::new(env!("CARGO_BIN_EXE_syncserver"))
-        .env("SYNC_DATA_DIR", dir.path())
-        .env("SYNC_SYNCSTORAGE__DATABASE_URL", "oracle://nope")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("syncstorage.database_url"));
+    for (var, value, named) in [
+        (
+            "SYNC_SYNCSTORAGE__LIMITS__MAX_POST_RECORDS",
+            "lots",
+            "max_post_records",
+        ),
+        (
+            "SYNC_SYNCSTORAGE__DATABASE_URL",
+            "oracle://nope",
+            "syncstorage.database_url",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncserver"))
+            .env("SYNC_DATA_DIR", dir.path())
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(named));
+    }
 }

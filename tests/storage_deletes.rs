@@ -2,78 +2,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// Milliseconds as the wire's two-decimal seconds text.
-fn ts_text(ms: u64) -> String {
-    format!("{}.{:02}", ms / 1000, (ms % 1000) / 10)
-}
-
 /// The client clock, truncated to the server's 10 ms resolution.
 fn now_tick() -> u64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let ms = now_ms() as u64;
     ms - ms % 10
-}
-
-/// Asserts a storage error: `status`, `Content-Type: application/json` and the bare Weave code.
-fn assert_error(r: &Resp, status: u16, code: i64) {
-    assert_eq!(r.status, status, "body: {:?}", r.body);
-    assert_eq!(r.json(), json!(code), "body: {:?}", r.body);
-    let ct = r.header("Content-Type").unwrap_or("");
-    assert!(ct.starts_with("application/json"), "content-type {ct:?}");
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|s| s.as_str().expect("string").to_owned())
-        .collect()
-}
-
-fn set<const N: usize>(items: [&str; N]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
-/// The ids in a collection, sorted.
-async fn ids_in(user: &User<'_>, collection: &str) -> BTreeSet<String> {
-    let r = user.get(&format!("/storage/{collection}")).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    strings(&r.json()).into_iter().collect()
-}
-
-/// `/info/collections` body and its X-Last-Modified.
-async fn info_collections(user: &User<'_>) -> (Value, u64) {
-    let r = user.get("/info/collections").await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (r.json(), r.last_modified())
-}
-
-/// A successful PUT: returns its timestamp after checking body, X-Last-Modified and X-Weave-Timestamp agree.
-async fn put_ok(user: &User<'_>, rest: &str, body: Value) -> u64 {
-    let r = user.put(rest, body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let t = r.last_modified();
-    assert_eq!(json_ts(&r.json()), t);
-    assert_eq!(r.ts_header("X-Weave-Timestamp"), t);
-    t
-}
-
-/// A successful non-batch POST: returns `modified` after checking it against X-Last-Modified.
-async fn post_ok(user: &User<'_>, rest: &str, body: Value) -> u64 {
-    let r = user.post(rest, body).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    let t = json_ts(&r.json()["modified"]);
-    assert_eq!(r.last_modified(), t);
-    assert_eq!(r.json()["failed"], json!({}), "{}", r.body);
-    t
 }
 
 /// Asserts a successful `DELETE ?ids=` / collection delete answering a bare timestamp; returns it.
@@ -121,7 +58,7 @@ async fn delete_collection_then_delete_by_ids() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ids_in(&user, "xxx_col2").await, BTreeSet::new());
 
-    let t0 = post_ok(&user, "/storage/xxx_col2", three_items()).await;
+    let t0 = post_ok(&user, "xxx_col2", three_items()).await;
     assert_eq!(ids_in(&user, "xxx_col2").await, set(["12", "13", "14"]));
     let r = user.delete("/storage/xxx_col2?ids=12,14").await;
     let t1 = bare_ts(&r);
@@ -152,7 +89,7 @@ async fn delete_collection_then_delete_by_ids() {
 async fn delete_by_ids_ignores_unknown_ids_and_accepts_encoded_commas() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    post_ok(&user, "/storage/col", three_items()).await;
+    post_ok(&user, "col", three_items()).await;
     let r = user.delete("/storage/col?ids=12%2C14,nope").await;
     bare_ts(&r);
     assert_eq!(ids_in(&user, "col").await, set(["13"]));
@@ -163,7 +100,7 @@ async fn delete_by_ids_ignores_unknown_ids_and_accepts_encoded_commas() {
 async fn delete_item_then_absent_item_is_404() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t0 = post_ok(&user, "/storage/xxx_col2", three_items()).await;
+    let t0 = post_ok(&user, "xxx_col2", three_items()).await;
     let (_, lm0) = info_collections(&user).await;
     assert_eq!(lm0, t0);
 
@@ -175,7 +112,7 @@ async fn delete_item_then_absent_item_is_404() {
     assert_eq!(r.last_modified(), t1);
     assert!(t1 > t0);
     assert_eq!(ids_in(&user, "xxx_col2").await, set(["12", "14"]));
-    assert_error(&user.get("/storage/xxx_col2/13").await, 404, 0);
+    assert_json_error(&user.get("/storage/xxx_col2/13").await, 404, 0);
 
     let (info, lm1) = info_collections(&user).await;
     assert!(lm1 > lm0, "{lm1} > {lm0}");
@@ -185,10 +122,10 @@ async fn delete_item_then_absent_item_is_404() {
     // Deleting an absent item (or one already deleted) is 404 and changes nothing.
     for id in ["13", "nope"] {
         let r = user.delete(&format!("/storage/xxx_col2/{id}")).await;
-        assert_error(&r, 404, 0);
+        assert_json_error(&r, 404, 0);
     }
     let r = user.delete("/storage/never_written/x").await;
-    assert_error(&r, 404, 0);
+    assert_json_error(&r, 404, 0);
     assert_eq!(info_collections(&user).await, (info, lm1));
     assert_eq!(ids_in(&user, "xxx_col2").await, set(["12", "14"]));
 }
@@ -198,8 +135,8 @@ async fn delete_item_then_absent_item_is_404() {
 async fn delete_storage_empties_everything() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    put_ok(&user, "/storage/col1/a", json!({"payload": "x"})).await;
-    let t = post_ok(&user, "/storage/xxx_col2", three_items()).await;
+    put_ok(&user, "col1", "a", json!({"payload": "x"})).await;
+    let t = post_ok(&user, "xxx_col2", three_items()).await;
 
     let r = user.delete("/storage").await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -213,7 +150,7 @@ async fn delete_storage_empties_everything() {
     let r = user.get("/storage/xxx_col2").await;
     assert_eq!(r.json(), json!([]));
     assert_eq!(r.header("X-Last-Modified"), Some("0.00"));
-    assert_error(&user.get("/storage/col1/a").await, 404, 0);
+    assert_json_error(&user.get("/storage/col1/a").await, 404, 0);
     let r = user.get("/info/collections").await;
     assert_eq!(r.json(), json!({}));
     assert_eq!(r.header("X-Last-Modified"), Some("0.00"));
@@ -232,8 +169,8 @@ async fn delete_user_root_and_storage_answer_null() {
     let server = TestServer::start().await;
     let user = server.user(42);
     for rest in ["", "/storage"] {
-        put_ok(&user, "/storage/col/a", json!({"payload": "x"})).await;
-        put_ok(&user, "/storage/other/b", json!({"payload": "y"})).await;
+        put_ok(&user, "col", "a", json!({"payload": "x"})).await;
+        put_ok(&user, "other", "b", json!({"payload": "y"})).await;
         let r = user.delete(rest).await;
         assert_eq!(r.status, 200, "DELETE /1.5/42{rest}: {}", r.body);
         assert_eq!(r.body.trim(), "null");
@@ -254,8 +191,8 @@ async fn delete_user_storage_leaves_other_users() {
     let server = TestServer::start().await;
     let alice = server.user(42);
     let bob = server.user(43);
-    put_ok(&alice, "/storage/col/a", json!({"payload": "x"})).await;
-    let tb = put_ok(&bob, "/storage/col/b", json!({"payload": "y"})).await;
+    put_ok(&alice, "col", "a", json!({"payload": "x"})).await;
+    let tb = put_ok(&bob, "col", "b", json!({"payload": "y"})).await;
     assert_eq!(alice.delete("").await.status, 200);
     assert_eq!(info_collections(&alice).await, (json!({}), 0));
     let (info, lm) = info_collections(&bob).await;
@@ -276,7 +213,7 @@ async fn delete_never_written_collection_answers_storage_timestamp() {
 
     // A user with data: the body is the unchanged storage timestamp.
     let user = server.user(2);
-    let t = put_ok(&user, "/storage/col/a", json!({"payload": "x"})).await;
+    let t = put_ok(&user, "col", "a", json!({"payload": "x"})).await;
     let before = info_collections(&user).await;
     let r = user.delete("/storage/never").await;
     assert_eq!(bare_ts(&r), t);
@@ -308,9 +245,9 @@ async fn delete_ids_on_never_written_collection_creates_it() {
 async fn delete_collection_keeps_storage_timestamp_from_going_backwards() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t1 = put_ok(&user, "/storage/col_a/x", json!({"payload": "a"})).await;
+    let t1 = put_ok(&user, "col_a", "x", json!({"payload": "a"})).await;
     next_tick().await; // different collections may share a tick
-    let t2 = put_ok(&user, "/storage/col_b/y", json!({"payload": "b"})).await;
+    let t2 = put_ok(&user, "col_b", "y", json!({"payload": "b"})).await;
     assert!(t2 > t1);
 
     let r = user.delete("/storage/col_b").await;
@@ -332,7 +269,7 @@ async fn delete_collection_keeps_storage_timestamp_from_going_backwards() {
     let r = user.get("/storage/col_b").await;
     assert_eq!(r.json(), json!([]));
     assert_eq!(r.header("X-Last-Modified"), Some("0.00"));
-    assert_error(&user.get("/storage/col_b/y").await, 404, 0);
+    assert_json_error(&user.get("/storage/col_b/y").await, 404, 0);
     assert_eq!(ids_in(&user, "col_a").await, set(["x"]));
 
     // Deleting the last collection still leaves a non-zero storage timestamp.
@@ -352,9 +289,9 @@ async fn delete_collection_keeps_storage_timestamp_from_going_backwards() {
 async fn deleting_ids_in_one_collection_leaves_same_id_elsewhere() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let tc = put_ok(&user, "/storage/crypto/b1", json!({"payload": "crypto"})).await;
-    put_ok(&user, "/storage/clients/b1", json!({"payload": "client"})).await;
-    put_ok(&user, "/storage/clients/b2", json!({"payload": "client2"})).await;
+    let tc = put_ok(&user, "crypto", "b1", json!({"payload": "crypto"})).await;
+    put_ok(&user, "clients", "b1", json!({"payload": "client"})).await;
+    put_ok(&user, "clients", "b2", json!({"payload": "client2"})).await;
     let r = user.delete("/storage/clients?ids=b1").await;
     bare_ts(&r);
     assert_eq!(ids_in(&user, "clients").await, set(["b2"]));
@@ -376,8 +313,8 @@ async fn deleting_ids_in_one_collection_leaves_same_id_elsewhere() {
 async fn if_unmodified_since_before_resource_is_412_everywhere() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t_item = put_ok(&user, "/storage/col/TEST", json!({"payload": "orig"})).await;
-    let t_coll = put_ok(&user, "/storage/col/OTHER", json!({"payload": "other"})).await;
+    let t_item = put_ok(&user, "col", "TEST", json!({"payload": "orig"})).await;
+    let t_coll = put_ok(&user, "col", "OTHER", json!({"payload": "other"})).await;
     assert!(t_coll > t_item);
     let before = info_collections(&user).await;
     let item_old = ts_text(t_item - 10);
@@ -435,8 +372,8 @@ async fn if_unmodified_since_before_resource_is_412_everywhere() {
 async fn if_unmodified_since_on_storage_delete_uses_storage_timestamp() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    put_ok(&user, "/storage/col1/a", json!({"payload": "x"})).await;
-    let t = put_ok(&user, "/storage/col2/b", json!({"payload": "y"})).await;
+    put_ok(&user, "col1", "a", json!({"payload": "x"})).await;
+    let t = put_ok(&user, "col2", "b", json!({"payload": "y"})).await;
     let old = ts_text(t - 10);
     for rest in ["/storage", ""] {
         let r = with_headers(
@@ -468,8 +405,8 @@ async fn if_unmodified_since_on_storage_delete_uses_storage_timestamp() {
 async fn delete_ids_precondition_uses_collection_timestamp() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t_item = put_ok(&user, "/storage/col/12345", json!({"payload": "x"})).await;
-    let t_other = put_ok(&user, "/storage/col/other", json!({"payload": "y"})).await;
+    let t_item = put_ok(&user, "col", "12345", json!({"payload": "x"})).await;
+    let t_other = put_ok(&user, "col", "other", json!({"payload": "y"})).await;
     assert!(t_other > t_item);
     let r = with_headers(
         &user,
@@ -500,7 +437,7 @@ async fn delete_ids_precondition_uses_collection_timestamp() {
 async fn if_unmodified_since_equal_to_resource_succeeds() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t0 = post_ok(&user, "/storage/col", three_items()).await;
+    let t0 = post_ok(&user, "col", three_items()).await;
 
     let r = with_headers(
         &user,
@@ -635,9 +572,9 @@ async fn x_weave_timestamp_is_at_least_request_start() {
 async fn info_collections_tracks_each_collection_timestamp() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let ts1 = post_ok(&user, "/storage/col1", json!([{"id": "a", "payload": "x"}])).await;
+    let ts1 = post_ok(&user, "col1", json!([{"id": "a", "payload": "x"}])).await;
     next_tick().await; // different collections may share a tick
-    let ts2 = post_ok(&user, "/storage/col2", json!([{"id": "b", "payload": "y"}])).await;
+    let ts2 = post_ok(&user, "col2", json!([{"id": "b", "payload": "y"}])).await;
     assert!(ts2 > ts1);
     let r = user.get("/info/collections").await;
     assert_eq!(r.status, 200);
@@ -648,7 +585,7 @@ async fn info_collections_tracks_each_collection_timestamp() {
     assert_eq!(r.header("X-Weave-Records"), Some("2"));
     assert_eq!(r.last_modified(), ts2);
 
-    let ts3 = post_ok(&user, "/storage/col2", json!([{"id": "c", "payload": "z"}])).await;
+    let ts3 = post_ok(&user, "col2", json!([{"id": "c", "payload": "z"}])).await;
     assert!(ts3 > ts2);
     let (info, lm) = info_collections(&user).await;
     assert_eq!(info.as_object().unwrap().len(), 2, "{info}");
@@ -663,23 +600,23 @@ async fn new_collection_appears_after_info_collections_was_read() {
     let server = TestServer::start().await;
     let user = server.user(1);
     let other = server.user(2);
-    put_ok(&user, "/storage/first_col/a", json!({"payload": "x"})).await;
+    put_ok(&user, "first_col", "a", json!({"payload": "x"})).await;
     let (info, _) = info_collections(&user).await;
     assert_eq!(info.as_object().unwrap().len(), 1, "{info}");
 
-    let t = put_ok(&user, "/storage/brand_new_col/b", json!({"payload": "y"})).await;
+    let t = put_ok(&user, "brand_new_col", "b", json!({"payload": "y"})).await;
     let (info, lm) = info_collections(&user).await;
     assert_eq!(info.as_object().unwrap().len(), 2, "{info}");
     assert_eq!(json_ts(&info["brand_new_col"]), t);
     assert_eq!(lm, t);
 
     // A name another user created (already mapped to an id) also shows up for this one.
-    put_ok(&other, "/storage/shared_name/c", json!({"payload": "z"})).await;
+    put_ok(&other, "shared_name", "c", json!({"payload": "z"})).await;
     assert_eq!(
         info_collections(&user).await.0.as_object().unwrap().len(),
         2
     );
-    let t2 = put_ok(&user, "/storage/shared_name/d", json!({"payload": "w"})).await;
+    let t2 = put_ok(&user, "shared_name", "d", json!({"payload": "w"})).await;
     let (info, _) = info_collections(&user).await;
     assert_eq!(info.as_object().unwrap().len(), 3, "{info}");
     assert_eq!(json_ts(&info["shared_name"]), t2);
@@ -691,13 +628,13 @@ async fn new_collection_appears_after_info_collections_was_read() {
 async fn meta_global_lifecycle() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    assert_error(&user.get("/storage/meta/global").await, 404, 0);
+    assert_json_error(&user.get("/storage/meta/global").await, 404, 0);
     let r = user.get("/storage/meta").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!([]));
     assert_eq!(r.header("X-Weave-Records"), Some("0"));
     let payload = r#"{"syncID":"foo","storageVersion":5}"#;
-    let t = put_ok(&user, "/storage/meta/global", json!({"payload": payload})).await;
+    let t = put_ok(&user, "meta", "global", json!({"payload": payload})).await;
     let r = user.get("/storage/meta").await;
     assert_eq!(r.json(), json!(["global"]));
     assert_eq!(r.last_modified(), t);

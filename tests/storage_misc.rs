@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use common::db::*;
 use common::*;
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::BigInt;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use reqwest::Method;
@@ -31,41 +31,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// A connection to the server's real SQLite file.
-fn db(server: &TestServer) -> SqliteConnection {
-    let mut conn = SqliteConnection::establish(server.db_path().to_str().unwrap())
-        .expect("open the server's database");
-    conn.batch_execute("PRAGMA busy_timeout = 15000;").unwrap();
-    conn
-}
-
-#[derive(QueryableByName)]
-struct Num {
-    #[diesel(sql_type = BigInt)]
-    v: i64,
-}
-
-#[derive(QueryableByName)]
-struct MaybeText {
-    #[diesel(sql_type = Nullable<Text>)]
-    v: Option<String>,
-}
-
-fn collection_id(conn: &mut SqliteConnection, name: &str) -> i64 {
-    diesel::sql_query("SELECT id AS v FROM collections WHERE name = ?")
-        .bind::<Text, _>(name)
-        .get_result::<Num>(conn)
-        .unwrap_or_else(|e| panic!("collection {name}: {e}"))
-        .v
 }
 
 fn stored_collection_ts(conn: &mut SqliteConnection, uid: i64, cid: i64) -> i64 {
@@ -91,70 +56,18 @@ fn set_collection_ts(conn: &mut SqliteConnection, uid: i64, cid: i64, ms: i64) {
     assert_eq!(n, 1, "no user_collections row for ({uid}, {cid})");
 }
 
-/// Every row of the per-user tables as text, to prove a request wrote nothing.
-fn db_snapshot(server: &TestServer) -> String {
-    let mut conn = db(server);
-    let queries = [
-        "SELECT group_concat(r, char(10)) AS v FROM (SELECT userid || '|' || collection || '|' || id || '|' || \
-         ifnull(sortindex, '-') || '|' || payload || '|' || modified || '|' || ttl AS r FROM bso \
-         ORDER BY userid, collection, id)",
-        "SELECT group_concat(r, char(10)) AS v FROM (SELECT userid || '|' || collection || '|' || last_modified || \
-         '|' || ifnull(count, '-') || '|' || ifnull(total_bytes, '-') AS r FROM user_collections \
-         ORDER BY userid, collection)",
-        "SELECT group_concat(r, char(10)) AS v FROM (SELECT batch || '|' || userid || '|' || collection AS r \
-         FROM batch_uploads ORDER BY batch, userid)",
-        "SELECT group_concat(r, char(10)) AS v FROM (SELECT batch || '|' || userid || '|' || id || '|' || \
-         ifnull(sortindex, '-') || '|' || ifnull(payload, '-') || '|' || ifnull(ttl_offset, '-') AS r \
-         FROM batch_upload_items ORDER BY batch, userid, id)",
-    ];
-    queries
-        .iter()
-        .map(|q| {
-            diesel::sql_query(*q)
-                .get_result::<MaybeText>(&mut conn)
-                .unwrap()
-                .v
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join("\n--\n")
-}
-
-fn sorted_ids(v: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = v
-        .as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|x| x.as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
-fn strs(ids: &[&str]) -> Vec<String> {
-    ids.iter().map(|s| s.to_string()).collect()
-}
-
-/// A protocol error: status, bare Weave number body, JSON content type, X-Weave-Timestamp.
-fn assert_error(r: &Resp, status: u16, code: &str, what: &str) {
-    assert_error_bare(r, status, code, what);
-    assert!(
-        r.header("X-Weave-Timestamp").is_some(),
-        "{what}: no X-Weave-Timestamp"
-    );
-}
-
-/// Like `assert_error`, for the responses SPEC 1.8 sends without X-Weave-Timestamp (Dockerflow
-/// paths, rejected user agents).
-fn assert_error_bare(r: &Resp, status: u16, code: &str, what: &str) {
-    assert_eq!(r.status, status, "{what}: {}", r.body);
-    assert_eq!(r.body, code, "{what}: body");
-    assert!(
-        r.header("Content-Type")
-            .is_some_and(|c| c.starts_with("application/json")),
-        "{what}: Content-Type {:?}",
-        r.header("Content-Type")
-    );
+/// Stamps `uid`'s collection `name` `ahead_ms` past the client clock (on the 10 ms grid);
+/// returns the collection id and that timestamp.
+fn stamp_collection_ahead(
+    conn: &mut SqliteConnection,
+    uid: i64,
+    name: &str,
+    ahead_ms: i64,
+) -> (i64, i64) {
+    let cid = collection_id(conn, name);
+    let ts = (now_ms() + ahead_ms) / 10 * 10;
+    set_collection_ts(conn, uid, cid, ts);
+    (cid, ts)
 }
 
 /// 400 or 404 with body 0 (where SPEC leaves the choice open), never a 500 or a success.
@@ -166,51 +79,6 @@ fn assert_rejected_path(r: &Resp, what: &str) {
         r.body
     );
     assert_eq!(r.body, "0", "{what}: body");
-}
-
-async fn send_raw(
-    user: &User<'_>,
-    method: Method,
-    rest: &str,
-    content_type: Option<&str>,
-    body: impl Into<reqwest::Body>,
-) -> Resp {
-    let mut rb = user.request(method, rest).body(body);
-    if let Some(ct) = content_type {
-        rb = rb.header("Content-Type", ct);
-    }
-    user.send(rb).await
-}
-
-async fn put_raw(
-    user: &User<'_>,
-    rest: &str,
-    content_type: &str,
-    body: impl Into<reqwest::Body>,
-) -> Resp {
-    send_raw(user, Method::PUT, rest, Some(content_type), body).await
-}
-
-async fn post_raw(
-    user: &User<'_>,
-    rest: &str,
-    content_type: &str,
-    body: impl Into<reqwest::Body>,
-) -> Resp {
-    send_raw(user, Method::POST, rest, Some(content_type), body).await
-}
-
-/// Sends a request built outside `User` (custom Authorization, client or headers).
-async fn send_rb(rb: reqwest::RequestBuilder) -> Resp {
-    let r = rb.send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let body = r.text().await.unwrap();
-    Resp {
-        status,
-        headers,
-        body,
-    }
 }
 
 /// A Hawk MAC computed independently of the server's code (SPEC 2.4).
@@ -410,10 +278,7 @@ async fn expired_token_is_refused_except_on_info_collections() {
 
     let r = expired.get("/info/collections").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        r.json().as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["col"]
-    );
+    assert_eq!(keys(&r.json()), set(["col"]));
     assert_eq!(json_ts(&r.json()["col"]), ts);
     assert_eq!(r.last_modified(), ts);
 }
@@ -1012,9 +877,7 @@ async fn collection_stamped_in_the_future_is_a_503_conflict() {
     let r = user.put("/storage/col2/a", json!({"payload": "A"})).await;
     assert_eq!(r.status, 200);
     let mut conn = db(&server);
-    let cid = collection_id(&mut conn, "col");
-    let future = (now_ms() + 3_600_000) / 10 * 10;
-    set_collection_ts(&mut conn, 26, cid, future);
+    let (cid, future) = stamp_collection_ahead(&mut conn, 26, "col", 3_600_000);
     let before = db_snapshot(&server);
 
     let attempts: Vec<(&str, Resp)> = vec![
@@ -1071,9 +934,7 @@ async fn collection_a_few_ms_ahead_is_waited_out() {
     let r = user.put("/storage/col/a", json!({"payload": "A"})).await;
     assert_eq!(r.status, 200);
     let mut conn = db(&server);
-    let cid = collection_id(&mut conn, "col");
-    let ahead = (now_ms() + 50) / 10 * 10;
-    set_collection_ts(&mut conn, 27, cid, ahead);
+    let (cid, ahead) = stamp_collection_ahead(&mut conn, 27, "col", 50);
     let r = user.put("/storage/col/b", json!({"payload": "B"})).await;
     assert_eq!(
         r.status, 200,

@@ -11,11 +11,6 @@ use serde_json::{Value, json};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Milliseconds → the wire text of a timestamp (seconds, exactly two decimals).
-fn ts_text(ms: u64) -> String {
-    format!("{}.{:02}", ms / 1000, (ms % 1000) / 10)
-}
-
 /// `/storage/{coll}` plus the given query parameters.
 fn url(coll: &str, params: &[String]) -> String {
     if params.is_empty() {
@@ -103,37 +98,6 @@ fn randtext(len: usize) -> String {
         .collect()
 }
 
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// POST `items` (non-batch); asserts everything succeeded and returns T in ms.
-async fn post_ok(user: &User<'_>, coll: &str, items: Value) -> u64 {
-    let r = user.post(&format!("/storage/{coll}"), items.clone()).await;
-    assert_eq!(r.status, 200, "POST {coll}: {}", r.body);
-    let body = r.json();
-    let sent: Vec<Value> = items
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].clone())
-        .collect();
-    assert_eq!(body["success"], Value::Array(sent), "{}", r.body);
-    assert_eq!(body["failed"], json!({}), "{}", r.body);
-    let t = r.last_modified();
-    assert_eq!(json_ts(&body["modified"]), t);
-    t
-}
-
-/// PUT one item; asserts 200 and returns T in ms.
-async fn put_ok(user: &User<'_>, coll: &str, id: &str, body: Value) -> u64 {
-    let r = user.put(&format!("/storage/{coll}/{id}"), body).await;
-    assert_eq!(r.status, 200, "PUT {coll}/{id}: {}", r.body);
-    let t = r.last_modified();
-    assert_eq!(json_ts(&r.json()), t);
-    t
-}
-
 /// GET with one extra request header.
 async fn get_with(user: &User<'_>, rest: &str, name: &str, value: &str) -> Resp {
     user.send(user.request(Method::GET, rest).header(name, value))
@@ -195,6 +159,19 @@ async fn check_three_step_paging(
         None,
         "last page has no next offset"
     );
+}
+
+/// `check_three_step_paging` for `base`, then again with `full=1` added.
+async fn check_paging_ids_and_full(
+    user: &User<'_>,
+    coll: &str,
+    base: &[&str],
+    expected: &[String],
+) {
+    let mut params = strs(base);
+    check_three_step_paging(user, coll, &params, expected).await;
+    params.push("full=1".into());
+    check_three_step_paging(user, coll, &params, expected).await;
 }
 
 /// Pages through `base` with `limit` until no X-Weave-Next-Offset is returned; checks the
@@ -420,10 +397,8 @@ async fn full_objects_have_exactly_id_modified_payload_without_sortindex() {
     let r = user.get("/storage/xxx_col2?full=1").await;
     let got = listing(&r);
     assert_eq!(got.len(), 1);
-    let obj = got[0].as_object().expect("object");
-    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["id", "modified", "payload"]);
+    let obj = &got[0];
+    assert_eq!(keys(obj), set(["id", "modified", "payload"]));
     assert_eq!(obj["id"], "plain");
     assert_eq!(obj["payload"], "hello");
     assert_eq!(json_ts(&obj["modified"]), t);
@@ -443,15 +418,10 @@ async fn full_objects_add_sortindex_when_set_in_rs_key_order() {
     let r = user.get("/storage/xxx_col2?full=1&sort=oldest").await;
     let got = listing(&r);
     assert_eq!(ids(&got), strs(&["a", "b"]));
-    let a = got[0].as_object().unwrap();
-    let mut keys: Vec<&str> = a.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["id", "modified", "payload", "sortindex"]);
+    let (a, b) = (&got[0], &got[1]);
+    assert_eq!(keys(a), set(["id", "modified", "payload", "sortindex"]));
     assert_eq!(a["sortindex"], -5);
-    let b = got[1].as_object().unwrap();
-    let mut keys: Vec<&str> = b.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["id", "modified", "payload"]);
+    assert_eq!(keys(b), set(["id", "modified", "payload"]));
     assert_eq!(b["payload"], "", "payload never set → empty string");
     // Raw key order of the first object.
     let first = &r.body[..r.body.find('}').unwrap()];
@@ -511,14 +481,7 @@ async fn sort_index_paging_limit_then_offset_reproduces_listing() {
     post_ok(&user, "xxx_col2", Value::Array(items)).await;
     // sortindex descending.
     let expected: Vec<String> = (0..10).rev().map(|i| format!("{i:02}")).collect();
-    check_three_step_paging(&user, "xxx_col2", &["sort=index".into()], &expected).await;
-    check_three_step_paging(
-        &user,
-        "xxx_col2",
-        &["sort=index".into(), "full=1".into()],
-        &expected,
-    )
-    .await;
+    check_paging_ids_and_full(&user, "xxx_col2", &["sort=index"], &expected).await;
 }
 
 /// Ten items written in three POSTs (distinct timestamps, equal within a POST) with sortindex
@@ -547,26 +510,29 @@ async fn mixed_data_set(user: &User<'_>, coll: &str) -> Vec<(String, u64, i64)> 
     out
 }
 
+/// `mixed_data_set`'s ids in the order `cmp` sorts its (id, modified ms, sortindex) rows.
+async fn mixed_ids_sorted_by(
+    user: &User<'_>,
+    coll: &str,
+    cmp: impl FnMut(&(String, u64, i64), &(String, u64, i64)) -> std::cmp::Ordering,
+) -> Vec<String> {
+    let mut data = mixed_data_set(user, coll).await;
+    data.sort_by(cmp);
+    data.into_iter().map(|d| d.0).collect()
+}
+
 // SPEC 6.7
 #[tokio::test]
 async fn sort_newest_paging_limit_then_offset_reproduces_listing() {
     let server = TestServer::start().await;
     let user = server.user(7);
-    let mut data = mixed_data_set(&user, "xxx_col2").await;
-    data.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
-    let expected: Vec<String> = data.into_iter().map(|d| d.0).collect();
+    let expected =
+        mixed_ids_sorted_by(&user, "xxx_col2", |a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0))).await;
     assert_eq!(
         expected,
         strs(&["08", "06", "05", "04", "02", "09", "00", "07", "03", "01"])
     );
-    check_three_step_paging(&user, "xxx_col2", &["sort=newest".into()], &expected).await;
-    check_three_step_paging(
-        &user,
-        "xxx_col2",
-        &["sort=newest".into(), "full=1".into()],
-        &expected,
-    )
-    .await;
+    check_paging_ids_and_full(&user, "xxx_col2", &["sort=newest"], &expected).await;
 }
 
 // SPEC 6.7
@@ -574,21 +540,13 @@ async fn sort_newest_paging_limit_then_offset_reproduces_listing() {
 async fn sort_oldest_paging_limit_then_offset_reproduces_listing() {
     let server = TestServer::start().await;
     let user = server.user(7);
-    let mut data = mixed_data_set(&user, "xxx_col2").await;
-    data.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
-    let expected: Vec<String> = data.into_iter().map(|d| d.0).collect();
+    let expected =
+        mixed_ids_sorted_by(&user, "xxx_col2", |a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0))).await;
     assert_eq!(
         expected,
         strs(&["01", "03", "07", "00", "09", "02", "04", "05", "06", "08"])
     );
-    check_three_step_paging(&user, "xxx_col2", &["sort=oldest".into()], &expected).await;
-    check_three_step_paging(
-        &user,
-        "xxx_col2",
-        &["sort=oldest".into(), "full=1".into()],
-        &expected,
-    )
-    .await;
+    check_paging_ids_and_full(&user, "xxx_col2", &["sort=oldest"], &expected).await;
 }
 
 // SPEC 6.7 (no sort = newest first on this server)
@@ -596,11 +554,9 @@ async fn sort_oldest_paging_limit_then_offset_reproduces_listing() {
 async fn default_sort_paging_limit_then_offset_reproduces_listing() {
     let server = TestServer::start().await;
     let user = server.user(7);
-    let mut data = mixed_data_set(&user, "xxx_col2").await;
-    data.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
-    let expected: Vec<String> = data.into_iter().map(|d| d.0).collect();
-    check_three_step_paging(&user, "xxx_col2", &[], &expected).await;
-    check_three_step_paging(&user, "xxx_col2", &["full=1".into()], &expected).await;
+    let expected =
+        mixed_ids_sorted_by(&user, "xxx_col2", |a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0))).await;
+    check_paging_ids_and_full(&user, "xxx_col2", &[], &expected).await;
 }
 
 // SPEC 6.6 / 1.6.2 (sort=index across different timestamps and sortindex ties)
@@ -608,21 +564,13 @@ async fn default_sort_paging_limit_then_offset_reproduces_listing() {
 async fn sort_index_paging_with_ties_reproduces_listing() {
     let server = TestServer::start().await;
     let user = server.user(7);
-    let mut data = mixed_data_set(&user, "xxx_col2").await;
-    data.sort_by(|a, b| b.2.cmp(&a.2).then(b.0.cmp(&a.0)));
-    let expected: Vec<String> = data.into_iter().map(|d| d.0).collect();
+    let expected =
+        mixed_ids_sorted_by(&user, "xxx_col2", |a, b| b.2.cmp(&a.2).then(b.0.cmp(&a.0))).await;
     assert_eq!(
         expected,
         strs(&["00", "04", "03", "01", "09", "02", "07", "05", "06", "08"])
     );
-    check_three_step_paging(&user, "xxx_col2", &["sort=index".into()], &expected).await;
-    check_three_step_paging(
-        &user,
-        "xxx_col2",
-        &["sort=index".into(), "full=1".into()],
-        &expected,
-    )
-    .await;
+    check_paging_ids_and_full(&user, "xxx_col2", &["sort=index"], &expected).await;
 }
 
 // ---------------------------------------------------------------------------------------------

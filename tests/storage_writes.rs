@@ -2,7 +2,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use common::*;
 use reqwest::Method;
@@ -14,108 +13,15 @@ const MAX_POST_BYTES: usize = 2_621_440;
 const MAX_TOTAL_RECORDS: u64 = 10_000;
 const MAX_TOTAL_BYTES: u64 = 262_144_000;
 
-/// Sleeps for `ms` milliseconds (only used to let TTLs pass).
-async fn sleep_ms(ms: u64) {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
-/// Asserts a storage error: `status`, `Content-Type: application/json` and the bare Weave code.
-fn assert_error(r: &Resp, status: u16, code: i64) {
-    assert_eq!(r.status, status, "body: {:?}", r.body);
-    assert_eq!(r.json(), json!(code), "body: {:?}", r.body);
-    let ct = r.header("Content-Type").unwrap_or("");
-    assert!(ct.starts_with("application/json"), "content-type {ct:?}");
-}
-
-/// The keys of a JSON object as a sorted set.
-fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"))
-        .keys()
-        .cloned()
-        .collect()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not an array: {v}"))
-        .iter()
-        .map(|s| s.as_str().expect("string").to_owned())
-        .collect()
-}
-
-fn set<const N: usize>(items: [&str; N]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
-/// The ids in a collection, sorted.
-async fn ids_in(user: &User<'_>, collection: &str) -> BTreeSet<String> {
-    let r = user.get(&format!("/storage/{collection}")).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    strings(&r.json()).into_iter().collect()
-}
-
-/// A raw-body write with an explicit Content-Type (`None` = no Content-Type header).
-async fn send_raw(
-    user: &User<'_>,
-    method: Method,
-    rest: &str,
-    content_type: Option<&str>,
-    body: &str,
-) -> Resp {
-    let mut rb = user.request(method, rest);
-    if let Some(ct) = content_type {
-        rb = rb.header("Content-Type", ct);
-    }
-    user.send(rb.body(body.to_owned())).await
-}
-
-/// `/info/collections` body and its X-Last-Modified, for "nothing changed" checks.
-async fn info_collections(user: &User<'_>) -> (Value, u64) {
-    let r = user.get("/info/collections").await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    (r.json(), r.last_modified())
-}
-
-/// Asserts a successful PUT: 200, bare timestamp body equal to X-Last-Modified and X-Weave-Timestamp.
-fn assert_put_ok(r: &Resp) -> u64 {
-    assert_eq!(r.status, 200, "{}", r.body);
-    let t = r.last_modified();
-    assert_eq!(
-        json_ts(&r.json()),
-        t,
-        "PUT body must be the bare new timestamp"
-    );
-    assert_eq!(r.ts_header("X-Weave-Timestamp"), t);
-    t
-}
-
-/// Asserts a successful non-batch POST and returns (modified, success, failed).
-fn assert_post_ok(r: &Resp) -> (u64, Vec<String>, Value) {
-    assert_eq!(r.status, 200, "{}", r.body);
-    let body = r.json();
-    let t = json_ts(&body["modified"]);
-    assert_eq!(r.last_modified(), t, "X-Last-Modified must equal modified");
-    (t, strings(&body["success"]), body["failed"].clone())
-}
-
 // SPEC 6.31
 #[tokio::test]
 async fn put_overwrites_existing_payload() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t1 = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "XXX"}))
-            .await,
-    );
+    let t1 = put_ok(&user, "col2", "TEST", json!({"payload": "XXX"})).await;
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.json()["payload"], "XXX");
-    let t2 = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "YYY"}))
-            .await,
-    );
+    let t2 = put_ok(&user, "col2", "TEST", json!({"payload": "YYY"})).await;
     assert!(t2 > t1, "{t2} > {t1}");
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.status, 200);
@@ -130,7 +36,7 @@ async fn put_overwrites_existing_payload() {
 async fn put_empty_object_creates_item_with_empty_payload() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(&user.put("/storage/col2/empty", json!({})).await);
+    let t = put_ok(&user, "col2", "empty", json!({})).await;
     let r = user.get("/storage/col2/empty").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
@@ -148,11 +54,7 @@ async fn put_empty_object_creates_item_with_empty_payload() {
 async fn put_non_object_or_malformed_bso_is_400_code_8_and_writes_nothing() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "orig"}))
-            .await,
-    );
+    let t = put_ok(&user, "col2", "TEST", json!({"payload": "orig"})).await;
     let before = info_collections(&user).await;
     let bodies = [
         json!("notabso"),
@@ -163,13 +65,13 @@ async fn put_non_object_or_malformed_bso_is_400_code_8_and_writes_nothing() {
         // Both onto an existing item and onto a new one.
         for id in ["TEST", "NEW"] {
             let r = user.put(&format!("/storage/col2/{id}"), body.clone()).await;
-            assert_error(&r, 400, 8);
+            assert_json_error(&r, 400, 8);
         }
     }
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.json()["payload"], "orig");
     assert_eq!(json_ts(&r.json()["modified"]), t);
-    assert_error(&user.get("/storage/col2/NEW").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/NEW").await, 404, 0);
     assert_eq!(info_collections(&user).await, before);
 }
 
@@ -187,9 +89,9 @@ async fn put_body_that_is_not_json_is_400_code_8() {
             body,
         )
         .await;
-        assert_error(&r, 400, 8);
+        assert_json_error(&r, 400, 8);
     }
-    assert_error(&user.get("/storage/col2/x").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/x").await, 404, 0);
     assert_eq!(info_collections(&user).await.0, json!({}));
 }
 
@@ -204,7 +106,7 @@ async fn post_non_list_body_is_400_code_8() {
         json!({"id": "01", "payload": "x"}),
     ] {
         let r = user.post("/storage/col2", body).await;
-        assert_error(&r, 400, 8);
+        assert_json_error(&r, 400, 8);
     }
     assert_eq!(ids_in(&user, "col2").await, BTreeSet::new());
     assert_eq!(info_collections(&user).await, (json!({}), 0));
@@ -215,11 +117,7 @@ async fn post_non_list_body_is_400_code_8() {
 async fn post_list_with_non_object_element_rejects_whole_request() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(
-        &user
-            .put("/storage/col2/01", json!({"payload": "OLD"}))
-            .await,
-    );
+    let t = put_ok(&user, "col2", "01", json!({"payload": "OLD"})).await;
     let before = info_collections(&user).await;
     for bad in [json!("BAD"), json!(42), json!(null), json!(["x"])] {
         let r = user
@@ -228,7 +126,7 @@ async fn post_list_with_non_object_element_rejects_whole_request() {
                 json!([{"id": "01", "payload": "GOOD"}, bad]),
             )
             .await;
-        assert_error(&r, 400, 8);
+        assert_json_error(&r, 400, 8);
     }
     // The good item was not written either.
     let r = user.get("/storage/col2/01").await;
@@ -249,7 +147,7 @@ async fn post_item_without_string_id_or_with_duplicate_id_rejects_whole_request(
         json!([{"id": "01", "payload": "GOOD"}, {"id": "01", "payload": "dup"}]),
     ];
     for body in bodies {
-        assert_error(&user.post("/storage/col2", body).await, 400, 8);
+        assert_json_error(&user.post("/storage/col2", body).await, 400, 8);
     }
     assert_eq!(ids_in(&user, "col2").await, BTreeSet::new());
     assert_eq!(info_collections(&user).await, (json!({}), 0));
@@ -313,11 +211,7 @@ async fn post_items_with_invalid_ids_fail_individually() {
 async fn post_where_every_item_fails_still_bumps_collection() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t0 = assert_put_ok(
-        &user
-            .put("/storage/col2/keep", json!({"payload": "k"}))
-            .await,
-    );
+    let t0 = put_ok(&user, "col2", "keep", json!({"payload": "k"})).await;
     let r = user
         .post("/storage/col2", json!([{"id": "A\nB", "payload": "x"}]))
         .await;
@@ -399,34 +293,33 @@ async fn post_items_with_invalid_fields_fail_individually() {
 async fn put_with_invalid_field_is_400_code_8_and_item_unchanged() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(
-        &user
-            .put(
-                "/storage/col2/TEST",
-                json!({"payload": "orig", "sortindex": 5}),
-            )
-            .await,
-    );
+    let t = put_ok(
+        &user,
+        "col2",
+        "TEST",
+        json!({"payload": "orig", "sortindex": 5}),
+    )
+    .await;
     let before = info_collections(&user).await;
     for (name, bso) in invalid_field_bsos() {
         let r = user.put("/storage/col2/TEST", bso.clone()).await;
         assert_eq!(r.status, 400, "{name}: {}", r.body);
-        assert_error(&r, 400, 8);
+        assert_json_error(&r, 400, 8);
         let r = user.put("/storage/col2/NEW", bso).await;
-        assert_error(&r, 400, 8);
+        assert_json_error(&r, 400, 8);
     }
     // A PUT body id is still validated even though the URL id wins.
     let r = user
         .put("/storage/col2/TEST", json!({"id": "A\nB", "payload": "x"}))
         .await;
-    assert_error(&r, 400, 8);
+    assert_json_error(&r, 400, 8);
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(
         r.json(),
         json!({"id": "TEST", "modified": r.json()["modified"], "payload": "orig", "sortindex": 5})
     );
     assert_eq!(json_ts(&r.json()["modified"]), t);
-    assert_error(&user.get("/storage/col2/NEW").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/NEW").await, 404, 0);
     assert_eq!(info_collections(&user).await, before);
 }
 
@@ -435,14 +328,13 @@ async fn put_with_invalid_field_is_400_code_8_and_item_unchanged() {
 async fn put_body_id_is_ignored_in_favour_of_url_id() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    assert_put_ok(
-        &user
-            .put(
-                "/storage/col2/url_id",
-                json!({"id": "body_id", "payload": "x"}),
-            )
-            .await,
-    );
+    put_ok(
+        &user,
+        "col2",
+        "url_id",
+        json!({"id": "body_id", "payload": "x"}),
+    )
+    .await;
     assert_eq!(ids_in(&user, "col2").await, set(["url_id"]));
     let r = user.get("/storage/col2/url_id").await;
     assert_eq!(r.json()["id"], "url_id");
@@ -456,18 +348,17 @@ async fn put_negative_ttl_is_400_but_negative_sortindex_is_accepted() {
     let r = user
         .put("/storage/col2/TEST", json!({"payload": "x", "ttl": -1}))
         .await;
-    assert_error(&r, 400, 8);
-    assert_error(&user.get("/storage/col2/TEST").await, 404, 0);
+    assert_json_error(&r, 400, 8);
+    assert_json_error(&user.get("/storage/col2/TEST").await, 404, 0);
     assert_eq!(info_collections(&user).await.0, json!({}));
 
-    let t = assert_put_ok(
-        &user
-            .put(
-                "/storage/col2/TEST",
-                json!({"payload": "x", "sortindex": -42}),
-            )
-            .await,
-    );
+    let t = put_ok(
+        &user,
+        "col2",
+        "TEST",
+        json!({"payload": "x", "sortindex": -42}),
+    )
+    .await;
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["sortindex"], -42);
@@ -511,14 +402,13 @@ async fn collection_field_is_accepted_in_post_and_put() {
     assert_eq!(success, vec!["global"]);
     assert_eq!(failed, json!({}));
     // The field is ignored: the URL collection wins.
-    assert_put_ok(
-        &user
-            .put(
-                "/storage/col2/x",
-                json!({"collection": "other", "payload": "p"}),
-            )
-            .await,
-    );
+    put_ok(
+        &user,
+        "col2",
+        "x",
+        json!({"collection": "other", "payload": "p"}),
+    )
+    .await;
     assert_eq!(ids_in(&user, "meta").await, set(["global"]));
     assert_eq!(ids_in(&user, "col2").await, set(["x"]));
     assert_eq!(ids_in(&user, "other").await, BTreeSet::new());
@@ -631,11 +521,7 @@ async fn put_text_plain_json_is_accepted() {
 async fn unsupported_or_missing_content_type_is_415_and_stores_nothing() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "orig"}))
-            .await,
-    );
+    let t = put_ok(&user, "col2", "TEST", json!({"payload": "orig"})).await;
     let before = info_collections(&user).await;
     for ct in [
         Some("application/octet-stream"),
@@ -643,33 +529,22 @@ async fn unsupported_or_missing_content_type_is_415_and_stores_nothing() {
         Some("text/html"),
         None,
     ] {
-        let r = send_raw(
-            &user,
-            Method::PUT,
-            "/storage/col2/TEST",
-            ct,
-            r#"{"payload": "changed"}"#,
-        )
-        .await;
-        assert_error(&r, 415, 0);
-        let r = send_raw(
-            &user,
-            Method::PUT,
-            "/storage/col2/NEW",
-            ct,
-            r#"{"payload": "new"}"#,
-        )
-        .await;
-        assert_error(&r, 415, 0);
-        let r = send_raw(
-            &user,
-            Method::POST,
-            "/storage/col2",
-            ct,
-            r#"[{"id": "NEW", "payload": "new"}, {"id": "TEST", "payload": "changed"}]"#,
-        )
-        .await;
-        assert_error(&r, 415, 0);
+        for (method, rest, body) in [
+            (
+                Method::PUT,
+                "/storage/col2/TEST",
+                r#"{"payload": "changed"}"#,
+            ),
+            (Method::PUT, "/storage/col2/NEW", r#"{"payload": "new"}"#),
+            (
+                Method::POST,
+                "/storage/col2",
+                r#"[{"id": "NEW", "payload": "new"}, {"id": "TEST", "payload": "changed"}]"#,
+            ),
+        ] {
+            let r = send_raw(&user, method, rest, ct, body).await;
+            assert_json_error(&r, 415, 0);
+        }
     }
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.json()["payload"], "orig");
@@ -691,8 +566,8 @@ async fn put_application_newlines_is_400_code_8() {
         "{\"payload\": \"x\"}\n{\"payload\": \"y\"}\n",
     )
     .await;
-    assert_error(&r, 400, 8);
-    assert_error(&user.get("/storage/col2/TEST").await, 404, 0);
+    assert_json_error(&r, 400, 8);
+    assert_json_error(&user.get("/storage/col2/TEST").await, 404, 0);
 }
 
 fn numbered_items(n: usize) -> Value {
@@ -734,7 +609,7 @@ async fn post_above_max_post_records_fails_the_excess_with_retry_bso() {
     }
     let r = user.get("/info/collection_counts").await;
     assert_eq!(r.json()["col2"], max);
-    assert_error(&user.get(&format!("/storage/col2/{max:03}")).await, 404, 0);
+    assert_json_error(&user.get(&format!("/storage/col2/{max:03}")).await, 404, 0);
 }
 
 // SPEC 6.42 (the limit is configurable and served by info/configuration)
@@ -782,7 +657,7 @@ async fn post_bytes_over_max_post_bytes_fail_exactly_the_overflowing_item() {
     assert_eq!(failed, json!({"last": "retry bytes"}));
     let r = user.get("/info/collection_counts").await;
     assert_eq!(r.json()["col2"], n);
-    assert_error(&user.get("/storage/col2/last").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/last").await, 404, 0);
 
     // Exactly filling the limit is fine.
     let mut items: Vec<Value> = (0..n)
@@ -823,15 +698,11 @@ async fn payload_over_max_record_payload_bytes_is_rejected() {
     let server =
         TestServer::start_with(|s| s.syncstorage.limits.max_record_payload_bytes = 5).await;
     let user = server.user(1);
-    assert_put_ok(
-        &user
-            .put("/storage/col2/ok", json!({"payload": "12345"}))
-            .await,
-    );
+    put_ok(&user, "col2", "ok", json!({"payload": "12345"})).await;
     let r = user
         .put("/storage/col2/ok", json!({"payload": "123456"}))
         .await;
-    assert_error(&r, 400, 8);
+    assert_json_error(&r, 400, 8);
     assert_eq!(
         user.get("/storage/col2/ok").await.json()["payload"],
         "12345"
@@ -926,7 +797,7 @@ async fn x_weave_total_bytes_over_limit_is_400_code_17() {
             json!([{"id": "b", "payload": "y"}]),
         )
         .await;
-        assert_error(&r, 400, 17);
+        assert_json_error(&r, 400, 17);
     }
     assert_eq!(ids_in(&user, "col2").await, set(["a"]));
     assert_eq!(info_collections(&user).await, before);
@@ -961,7 +832,7 @@ async fn x_weave_limit_headers_over_limit_are_400_code_17() {
             json!([{"id": "no", "payload": "x"}]),
         )
         .await;
-        assert_error(&r, 400, 17);
+        assert_json_error(&r, 400, 17);
         for garbage in ["abc", "-1", "1.5"] {
             let r = post_with_header(
                 &user,
@@ -971,7 +842,7 @@ async fn x_weave_limit_headers_over_limit_are_400_code_17() {
                 json!([{"id": "no", "payload": "x"}]),
             )
             .await;
-            assert_error(&r, 400, 0);
+            assert_json_error(&r, 400, 0);
         }
     }
     assert_eq!(ids_in(&user, "col2").await, set(["ok"]));
@@ -994,7 +865,7 @@ async fn crypto_known_bad_payload_is_rejected() {
                     json!({"payload": payload}),
                 )
                 .await;
-            assert_error(&r, 400, 8);
+            assert_json_error(&r, 400, 8);
         }
         let r = user
             .post(
@@ -1002,7 +873,7 @@ async fn crypto_known_bad_payload_is_rejected() {
                 json!([{"id": "keys", "payload": payload}]),
             )
             .await;
-        assert_error(&r, 400, 8);
+        assert_json_error(&r, 400, 8);
         // One bad item fails the whole request, good items included.
         let r = user
             .post(
@@ -1010,20 +881,19 @@ async fn crypto_known_bad_payload_is_rejected() {
                 json!([{"id": "good", "payload": "fine"}, {"id": "keys", "payload": payload}]),
             )
             .await;
-        assert_error(&r, 400, 8);
+        assert_json_error(&r, 400, 8);
     }
     assert_eq!(ids_in(&user, "crypto").await, BTreeSet::new());
     assert_eq!(info_collections(&user).await, (json!({}), 0));
 
     // The same payload is fine elsewhere, and a normal IV is fine in crypto.
-    assert_put_ok(
-        &user
-            .put(
-                "/storage/bookmarks/keys",
-                json!({"payload": BAD_IV_PAYLOAD}),
-            )
-            .await,
-    );
+    put_ok(
+        &user,
+        "bookmarks",
+        "keys",
+        json!({"payload": BAD_IV_PAYLOAD}),
+    )
+    .await;
     let r = user
         .post(
             "/storage/bookmarks",
@@ -1032,11 +902,7 @@ async fn crypto_known_bad_payload_is_rejected() {
         .await;
     assert_eq!(assert_post_ok(&r).1, vec!["blerg"]);
     let good = r#"{"ciphertext": "abc", "IV": "AAAAAAAAAAAAAAAAAAAAAB==", "hmac": "def"}"#;
-    assert_put_ok(
-        &user
-            .put("/storage/crypto/keys", json!({"payload": good}))
-            .await,
-    );
+    put_ok(&user, "crypto", "keys", json!({"payload": good})).await;
     let r = user.get("/storage/bookmarks/keys").await;
     assert_eq!(r.json()["payload"], BAD_IV_PAYLOAD);
 }
@@ -1046,25 +912,20 @@ async fn crypto_known_bad_payload_is_rejected() {
 async fn put_with_null_ttl_is_readable() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "x", "ttl": null}))
-            .await,
-    );
+    let t = put_ok(&user, "col2", "TEST", json!({"payload": "x", "ttl": null})).await;
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["payload"], "x");
     assert_eq!(json_ts(&r.json()["modified"]), t);
     assert_eq!(ids_in(&user, "col2").await, set(["TEST"]));
     // null sortindex is like an absent one.
-    assert_put_ok(
-        &user
-            .put(
-                "/storage/col2/N",
-                json!({"payload": "x", "sortindex": null}),
-            )
-            .await,
-    );
+    put_ok(
+        &user,
+        "col2",
+        "N",
+        json!({"payload": "x", "sortindex": null}),
+    )
+    .await;
     let r = user.get("/storage/col2/N").await;
     assert_eq!(keys(&r.json()), set(["id", "modified", "payload"]));
 }
@@ -1074,19 +935,11 @@ async fn put_with_null_ttl_is_readable() {
 async fn null_ttl_on_existing_item_keeps_its_expiry() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "x", "ttl": 1}))
-            .await,
-    );
-    assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "y", "ttl": null}))
-            .await,
-    );
+    put_ok(&user, "col2", "TEST", json!({"payload": "x", "ttl": 1})).await;
+    put_ok(&user, "col2", "TEST", json!({"payload": "y", "ttl": null})).await;
     assert_eq!(user.get("/storage/col2/TEST").await.json()["payload"], "y");
     sleep_ms(1100).await;
-    assert_error(&user.get("/storage/col2/TEST").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/TEST").await, 404, 0);
 }
 
 // SPEC 6.48
@@ -1094,11 +947,7 @@ async fn null_ttl_on_existing_item_keeps_its_expiry() {
 async fn ttl_expired_items_disappear_from_listings() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t0 = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST1", json!({"payload": "xxx", "ttl": 0}))
-            .await,
-    );
+    let t0 = put_ok(&user, "col2", "TEST1", json!({"payload": "xxx", "ttl": 0})).await;
     sleep_ms(1100).await;
     let r = user.get("/storage/col2").await;
     assert_eq!(r.json(), json!([]));
@@ -1106,9 +955,9 @@ async fn ttl_expired_items_disappear_from_listings() {
     assert_eq!(r.last_modified(), t0);
 
     let bso = json!({"payload": "xxx", "ttl": 2});
-    assert_put_ok(&user.put("/storage/col2/TEST2", bso.clone()).await);
+    put_ok(&user, "col2", "TEST2", bso.clone()).await;
     assert_eq!(ids_in(&user, "col2").await, set(["TEST2"]));
-    let t2 = assert_put_ok(&user.put("/storage/col2/TEST2", bso).await);
+    let t2 = put_ok(&user, "col2", "TEST2", bso).await;
     assert_eq!(ids_in(&user, "col2").await, set(["TEST2"]));
     let r = user.get("/info/collection_counts").await;
     assert_eq!(r.json(), json!({"col2": 1}));
@@ -1117,7 +966,7 @@ async fn ttl_expired_items_disappear_from_listings() {
     assert_eq!(r.json(), json!([]));
     assert_eq!(r.last_modified(), t2);
     // Expired items are invisible to every read.
-    assert_error(&user.get("/storage/col2/TEST2").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/TEST2").await, 404, 0);
     let r = user.get("/info/collection_counts").await;
     assert_eq!(r.json(), json!({}));
     let r = user.get("/info/quota").await;
@@ -1131,28 +980,22 @@ async fn ttl_expired_items_disappear_from_listings() {
 async fn expired_item_is_404_and_can_be_overwritten() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "x", "ttl": 0}))
-            .await,
-    );
+    put_ok(&user, "col2", "TEST", json!({"payload": "x", "ttl": 0})).await;
     sleep_ms(30).await;
-    assert_error(&user.get("/storage/col2/TEST").await, 404, 0);
-    let t = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "again", "ttl": 42}))
-            .await,
-    );
+    assert_json_error(&user.get("/storage/col2/TEST").await, 404, 0);
+    let t = put_ok(
+        &user,
+        "col2",
+        "TEST",
+        json!({"payload": "again", "ttl": 42}),
+    )
+    .await;
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["payload"], "again");
     assert_eq!(json_ts(&r.json()["modified"]), t);
     // Same through POST.
-    assert_put_ok(
-        &user
-            .put("/storage/col2/P", json!({"payload": "x", "ttl": 0}))
-            .await,
-    );
+    put_ok(&user, "col2", "P", json!({"payload": "x", "ttl": 0})).await;
     sleep_ms(30).await;
     let r = user
         .post(
@@ -1170,19 +1013,15 @@ async fn ttl_only_put_extends_life_without_touching_modified() {
     let server = TestServer::start().await;
     let user = server.user(1);
     let bso = json!({"payload": "x", "ttl": 1});
-    assert_put_ok(&user.put("/storage/col2/TEST1", bso.clone()).await);
-    let ts2 = assert_put_ok(&user.put("/storage/col2/TEST2", bso).await);
+    put_ok(&user, "col2", "TEST1", bso.clone()).await;
+    let ts2 = put_ok(&user, "col2", "TEST2", bso).await;
     sleep_ms(200).await;
-    let t_ttl = assert_put_ok(&user.put("/storage/col2/TEST2", json!({"ttl": 10})).await);
-    let ts3 = assert_put_ok(&user.put("/storage/col2/TEST3", json!({"ttl": 10})).await);
-    assert_put_ok(
-        &user
-            .put("/storage/col2/TEST1", json!({"sortindex": 3}))
-            .await,
-    );
+    let t_ttl = put_ok(&user, "col2", "TEST2", json!({"ttl": 10})).await;
+    let ts3 = put_ok(&user, "col2", "TEST3", json!({"ttl": 10})).await;
+    put_ok(&user, "col2", "TEST1", json!({"sortindex": 3})).await;
     sleep_ms(900).await;
 
-    assert_error(&user.get("/storage/col2/TEST1").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/TEST1").await, 404, 0);
     let r = user.get("/storage/col2/TEST2").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["payload"], "x");
@@ -1250,16 +1089,15 @@ async fn ttl_only_post_items_keep_modified() {
 async fn ttl_only_put_rebases_expiry_on_its_own_timestamp() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t1 = assert_put_ok(
-        &user
-            .put(
-                "/storage/col2/TEST",
-                json!({"payload": "p", "sortindex": 2, "ttl": 1}),
-            )
-            .await,
-    );
+    let t1 = put_ok(
+        &user,
+        "col2",
+        "TEST",
+        json!({"payload": "p", "sortindex": 2, "ttl": 1}),
+    )
+    .await;
     sleep_ms(600).await;
-    let t2 = assert_put_ok(&user.put("/storage/col2/TEST", json!({"ttl": 1})).await);
+    let t2 = put_ok(&user, "col2", "TEST", json!({"ttl": 1})).await;
     assert!(t2 > t1);
     // The collection moved to T2, the BSO kept T1.
     let (info, lm) = info_collections(&user).await;
@@ -1278,7 +1116,7 @@ async fn ttl_only_put_rebases_expiry_on_its_own_timestamp() {
     assert_eq!(json_ts(&r.json()["modified"]), t1);
     assert_eq!(r.last_modified(), t1);
     sleep_ms(600).await;
-    assert_error(&user.get("/storage/col2/TEST").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/TEST").await, 404, 0);
 }
 
 // SPEC 6.53
@@ -1286,29 +1124,20 @@ async fn ttl_only_put_rebases_expiry_on_its_own_timestamp() {
 async fn partial_put_keeps_unspecified_fields_and_expiry() {
     let server = TestServer::start().await;
     let user = server.user(1);
-    let t1 = assert_put_ok(
-        &user
-            .put(
-                "/storage/col2/TEST",
-                json!({"payload": "p", "sortindex": 5, "ttl": 1}),
-            )
-            .await,
-    );
-    let t2 = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"sortindex": 7}))
-            .await,
-    );
+    let t1 = put_ok(
+        &user,
+        "col2",
+        "TEST",
+        json!({"payload": "p", "sortindex": 5, "ttl": 1}),
+    )
+    .await;
+    let t2 = put_ok(&user, "col2", "TEST", json!({"sortindex": 7})).await;
     assert!(t2 > t1);
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.json()["payload"], "p");
     assert_eq!(r.json()["sortindex"], 7);
     assert_eq!(json_ts(&r.json()["modified"]), t2);
-    let t3 = assert_put_ok(
-        &user
-            .put("/storage/col2/TEST", json!({"payload": "q"}))
-            .await,
-    );
+    let t3 = put_ok(&user, "col2", "TEST", json!({"payload": "q"})).await;
     assert!(t3 > t2);
     let r = user.get("/storage/col2/TEST").await;
     assert_eq!(r.json()["payload"], "q");
@@ -1316,7 +1145,7 @@ async fn partial_put_keeps_unspecified_fields_and_expiry() {
     assert_eq!(json_ts(&r.json()["modified"]), t3);
     // Neither update reset the expiry set by the first PUT (T1 + 1 s).
     sleep_ms(1100).await;
-    assert_error(&user.get("/storage/col2/TEST").await, 404, 0);
+    assert_json_error(&user.get("/storage/col2/TEST").await, 404, 0);
 }
 
 // SPEC 6.53 (same partial-update rules for POST items)

@@ -2,11 +2,14 @@
 //! temporary directory, and signs requests with Hawk exactly as a Firefox client does.
 #![allow(dead_code)]
 
+pub mod db;
+
+use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 use syncserver::auth::hawk::{SignedRequest, sign};
 use syncserver::auth::{Secrets, TokenPayload, tokenlib};
 use syncserver::settings::Settings;
@@ -155,7 +158,7 @@ impl User<'_> {
     }
 
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
-        Resp::from(rb.send().await.unwrap()).await
+        send_rb(rb).await
     }
 
     pub async fn get(&self, rest: &str) -> Resp {
@@ -239,4 +242,198 @@ pub fn json_ts(v: &Value) -> u64 {
 /// Sleeps past the current 10 ms tick so the next write gets a later timestamp.
 pub async fn next_tick() {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+}
+
+/// Sends a request built outside `User` (custom Authorization, client or headers).
+pub async fn send_rb(rb: reqwest::RequestBuilder) -> Resp {
+    Resp::from(rb.send().await.unwrap()).await
+}
+
+/// Milliseconds → the wire text of a timestamp (seconds, exactly two decimals).
+pub fn ts_text(ms: u64) -> String {
+    format!("{}.{:02}", ms / 1000, (ms % 1000) / 10)
+}
+
+/// The client clock in milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sleeps for `ms` milliseconds.
+pub async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+// ---- values ----
+
+pub fn strs(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn set<const N: usize>(items: [&str; N]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// The elements of a JSON array of strings.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().expect("string").to_owned())
+        .collect()
+}
+
+/// A JSON array of id strings (a listing without `full`), sorted.
+pub fn sorted_ids(v: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The keys of a JSON object as a sorted set.
+pub fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+// ---- assertions ----
+
+/// A protocol error: status, bare Weave number body (exact text), JSON content type and
+/// X-Weave-Timestamp.
+pub fn assert_error(r: &Resp, status: u16, code: &str, what: &str) {
+    assert_error_bare(r, status, code, what);
+    assert!(
+        r.header("X-Weave-Timestamp").is_some(),
+        "{what}: no X-Weave-Timestamp"
+    );
+}
+
+/// Like `assert_error`, for the responses SPEC 1.8 sends without X-Weave-Timestamp (Dockerflow
+/// paths, rejected user agents).
+pub fn assert_error_bare(r: &Resp, status: u16, code: &str, what: &str) {
+    assert_eq!(r.status, status, "{what}: {}", r.body);
+    assert_eq!(r.body, code, "{what}: body");
+    assert!(
+        r.header("Content-Type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{what}: Content-Type {:?}",
+        r.header("Content-Type")
+    );
+}
+
+/// Asserts a storage error: `status`, `Content-Type: application/json` and a body that is the
+/// Weave code as JSON.
+pub fn assert_json_error(r: &Resp, status: u16, code: i64) {
+    assert_eq!(r.status, status, "body: {:?}", r.body);
+    assert_eq!(r.json(), json!(code), "body: {:?}", r.body);
+    let ct = r.header("Content-Type").unwrap_or("");
+    assert!(ct.starts_with("application/json"), "content-type {ct:?}");
+}
+
+/// Asserts a successful PUT: 200, bare timestamp body equal to X-Last-Modified and
+/// X-Weave-Timestamp; returns it.
+pub fn assert_put_ok(r: &Resp) -> u64 {
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = r.last_modified();
+    assert_eq!(
+        json_ts(&r.json()),
+        t,
+        "PUT body must be the bare new timestamp"
+    );
+    assert_eq!(r.ts_header("X-Weave-Timestamp"), t);
+    t
+}
+
+/// Asserts a successful non-batch POST and returns (modified, success, failed).
+pub fn assert_post_ok(r: &Resp) -> (u64, Vec<String>, Value) {
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    let t = json_ts(&body["modified"]);
+    assert_eq!(r.last_modified(), t, "X-Last-Modified must equal modified");
+    (t, strings(&body["success"]), body["failed"].clone())
+}
+
+// ---- requests ----
+
+/// PUT one item to `/storage/{coll}/{id}`; asserts it succeeded (`assert_put_ok`) and returns
+/// its timestamp.
+pub async fn put_ok(user: &User<'_>, coll: &str, id: &str, body: Value) -> u64 {
+    let r = user.put(&format!("/storage/{coll}/{id}"), body).await;
+    assert_eq!(r.status, 200, "PUT {coll}/{id}: {}", r.body);
+    assert_put_ok(&r)
+}
+
+/// POST `items` (non-batch) to `/storage/{coll}`; asserts every item succeeded, in order, and
+/// returns `modified` (equal to X-Last-Modified).
+pub async fn post_ok(user: &User<'_>, coll: &str, items: Value) -> u64 {
+    let r = user.post(&format!("/storage/{coll}"), items.clone()).await;
+    assert_eq!(r.status, 200, "POST {coll}: {}", r.body);
+    let (t, _, failed) = assert_post_ok(&r);
+    let sent: Vec<Value> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].clone())
+        .collect();
+    assert_eq!(r.json()["success"], Value::Array(sent), "{}", r.body);
+    assert_eq!(failed, json!({}), "{}", r.body);
+    t
+}
+
+/// The ids in a collection, sorted.
+pub async fn ids_in(user: &User<'_>, collection: &str) -> BTreeSet<String> {
+    let r = user.get(&format!("/storage/{collection}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    strings(&r.json()).into_iter().collect()
+}
+
+/// `/info/collections` body and its X-Last-Modified, for "nothing changed" checks.
+pub async fn info_collections(user: &User<'_>) -> (Value, u64) {
+    let r = user.get("/info/collections").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (r.json(), r.last_modified())
+}
+
+/// A raw-body request with an explicit Content-Type (`None` = no Content-Type header).
+pub async fn send_raw(
+    user: &User<'_>,
+    method: Method,
+    rest: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> Resp {
+    let mut rb = user.request(method, rest).body(body);
+    if let Some(ct) = content_type {
+        rb = rb.header("Content-Type", ct);
+    }
+    user.send(rb).await
+}
+
+pub async fn put_raw(
+    user: &User<'_>,
+    rest: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> Resp {
+    send_raw(user, Method::PUT, rest, Some(content_type), body).await
+}
+
+pub async fn post_raw(
+    user: &User<'_>,
+    rest: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> Resp {
+    send_raw(user, Method::POST, rest, Some(content_type), body).await
 }
