@@ -1,4 +1,5 @@
 //! Admin subcommands run as separate processes beside a live server, on the same SQLite file.
+#[macro_use]
 mod common;
 
 use std::process::Command;
@@ -6,6 +7,8 @@ use std::process::Command;
 use common::db::*;
 use common::*;
 use serde_json::json;
+
+backend_matrix!();
 
 fn bso_rows(server: &TestServer) -> i64 {
     count(&mut db(server), "SELECT COUNT(*) AS v FROM bso")
@@ -15,6 +18,7 @@ fn syncserver(server: &TestServer, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_syncserver"))
         .args(args)
         .env("SYNC_DATA_DIR", server.dir.path())
+        .env("SYNC_SYNCSTORAGE__DATABASE_URL", &server.database_url)
         .env("SYNC_MASTER_SECRET", MASTER_SECRET)
         .output()
         .unwrap()

@@ -1,7 +1,10 @@
+#[macro_use]
 mod common;
 
 use common::*;
 use serde_json::json;
+
+backend_matrix!();
 
 #[tokio::test]
 async fn put_then_get_round_trip() {

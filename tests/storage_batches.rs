@@ -1,3 +1,4 @@
+#[macro_use]
 mod common;
 
 // Black-box tests of batch uploads (SPEC 1.10, 1.15, 5.1; SPEC 6 cases 68-84).
@@ -6,11 +7,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::db::*;
 use common::*;
-use diesel::prelude::*;
-use diesel::sql_types::BigInt;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use serde_json::{Value, json};
+
+backend_matrix!();
 
 /// Two hours plus 11 ms, the smallest age SPEC 6 case 82 calls expired.
 const EXPIRED_AGE_MS: i64 = 2 * 60 * 60 * 1000 + 11;
@@ -577,13 +578,11 @@ async fn same_batch_id_for_two_users_keeps_data_apart() {
             let id = open_batch(&a, "col", json!([])).await;
             let mut conn = db(&server);
             let cid = collection_id(&mut conn, "col");
-            diesel::sql_query(
-                "INSERT INTO batch_uploads (batch, userid, collection) VALUES (?, 13, ?)",
-            )
-            .bind::<BigInt, _>(batch_number(&id))
-            .bind::<BigInt, _>(cid)
-            .execute(&mut conn)
-            .unwrap();
+            sql_query("INSERT INTO batch_uploads (batch, userid, collection) VALUES (?, 13, ?)")
+                .bind(batch_number(&id))
+                .bind(cid)
+                .execute(&mut conn)
+                .unwrap();
             id
         }
     };
@@ -644,13 +643,14 @@ async fn committed_batch_id_is_spent_and_reissued_ids_start_empty() {
     let start = now_ms() / 10 * 10 - 100 + 24 % 10;
     let end = start + 30_000;
     let mut conn = db(&server);
-    diesel::sql_query(
-        "WITH RECURSIVE n(v) AS (SELECT ? UNION ALL SELECT v + 10 FROM n WHERE v + 10 <= ?) \
-         INSERT OR IGNORE INTO batch_upload_items (batch, userid, id, payload, payload_size) \
-         SELECT v, 24, 'ghost', 'boo', 3 FROM n",
-    )
-    .bind::<BigInt, _>(start)
-    .bind::<BigInt, _>(end)
+    let rows: Vec<String> = (start..=end)
+        .step_by(10)
+        .map(|v| format!("({v}, 24, 'ghost', 'boo', 3)"))
+        .collect();
+    sql_query(format!(
+        "INSERT INTO batch_upload_items (batch, userid, id, payload, payload_size) VALUES {}",
+        rows.join(", ")
+    ))
     .execute(&mut conn)
     .unwrap();
     let reissued = open_batch(&user, "col2", json!([{"id": "fresh", "payload": "F"}])).await;
@@ -881,11 +881,11 @@ async fn batches_expire_after_two_hours() {
     let fresh = open_batch(&user, "col", json!([{"id": "a", "payload": "A"}])).await;
     let old = batch_number(&fresh) - EXPIRED_AGE_MS;
     for table in ["batch_uploads", "batch_upload_items"] {
-        let n = diesel::sql_query(format!(
+        let n = sql_query(format!(
             "UPDATE {table} SET batch = ? WHERE batch = ? AND userid = 15"
         ))
-        .bind::<BigInt, _>(old)
-        .bind::<BigInt, _>(batch_number(&fresh))
+        .bind(old)
+        .bind(batch_number(&fresh))
         .execute(&mut conn)
         .unwrap();
         assert_eq!(n, 1, "{table}: the batch row was not found to move");
@@ -894,15 +894,15 @@ async fn batches_expire_after_two_hours() {
     // Created directly in the past (a second older still, so it cannot clash with the moved one).
     let cid = collection_id(&mut conn, "col");
     let created = now_ms() - EXPIRED_AGE_MS - 1_000;
-    diesel::sql_query("INSERT INTO batch_uploads (batch, userid, collection) VALUES (?, 15, ?)")
-        .bind::<BigInt, _>(created)
-        .bind::<BigInt, _>(cid)
+    sql_query("INSERT INTO batch_uploads (batch, userid, collection) VALUES (?, 15, ?)")
+        .bind(created)
+        .bind(cid)
         .execute(&mut conn)
         .unwrap();
-    diesel::sql_query(
+    sql_query(
         "INSERT INTO batch_upload_items (batch, userid, id, payload, payload_size) VALUES (?, 15, 'b', 'B', 1)",
     )
-    .bind::<BigInt, _>(created)
+    .bind(created)
     .execute(&mut conn)
     .unwrap();
 
@@ -920,11 +920,11 @@ async fn batches_expire_after_two_hours() {
     let young = open_batch(&user, "col", json!([{"id": "y", "payload": "Y"}])).await;
     let moved = batch_number(&young) - (2 * 60 * 60 * 1000 - 10_000);
     for table in ["batch_uploads", "batch_upload_items"] {
-        diesel::sql_query(format!(
+        sql_query(format!(
             "UPDATE {table} SET batch = ? WHERE batch = ? AND userid = 15"
         ))
-        .bind::<BigInt, _>(moved)
-        .bind::<BigInt, _>(batch_number(&young))
+        .bind(moved)
+        .bind(batch_number(&young))
         .execute(&mut conn)
         .unwrap();
     }

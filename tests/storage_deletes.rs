@@ -1,4 +1,5 @@
 //! SPEC section 6, "Storage — deletes and timestamps" (cases 54 to 67), tested over HTTP.
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -6,6 +7,8 @@ use std::collections::BTreeSet;
 use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
+
+backend_matrix!();
 
 /// The client clock, truncated to the server's 10 ms resolution.
 fn now_tick() -> u64 {

@@ -1,3 +1,4 @@
+#[macro_use]
 mod common;
 
 // Black-box tests of authentication, concurrency and everything else at the edges (SPEC 1.1,
@@ -10,8 +11,6 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use common::db::*;
 use common::*;
-use diesel::prelude::*;
-use diesel::sql_types::BigInt;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use reqwest::Method;
@@ -19,6 +18,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use syncserver::auth::Secrets;
 use syncserver::protocol::limits::CollectionLimits;
+
+backend_matrix!();
 
 const OLD_IOS_UA: &str =
     "Firefox-iOS-Sync/18.0b1 (iPhone; iPhone OS 13.2.2) (Fennec (synctesting))";
@@ -33,24 +34,22 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
-fn stored_collection_ts(conn: &mut SqliteConnection, uid: i64, cid: i64) -> i64 {
-    diesel::sql_query(
-        "SELECT last_modified AS v FROM user_collections WHERE userid = ? AND collection = ?",
-    )
-    .bind::<BigInt, _>(uid)
-    .bind::<BigInt, _>(cid)
-    .get_result::<Num>(conn)
-    .unwrap()
-    .v
+fn stored_collection_ts(conn: &mut AnyConnection, uid: i64, cid: i64) -> i64 {
+    sql_query("SELECT last_modified AS v FROM user_collections WHERE userid = ? AND collection = ?")
+        .bind(uid)
+        .bind(cid)
+        .get_result::<Num>(conn)
+        .unwrap()
+        .v
 }
 
-fn set_collection_ts(conn: &mut SqliteConnection, uid: i64, cid: i64, ms: i64) {
-    let n = diesel::sql_query(
+fn set_collection_ts(conn: &mut AnyConnection, uid: i64, cid: i64, ms: i64) {
+    let n = sql_query(
         "UPDATE user_collections SET last_modified = ? WHERE userid = ? AND collection = ?",
     )
-    .bind::<BigInt, _>(ms)
-    .bind::<BigInt, _>(uid)
-    .bind::<BigInt, _>(cid)
+    .bind(ms)
+    .bind(uid)
+    .bind(cid)
     .execute(conn)
     .unwrap();
     assert_eq!(n, 1, "no user_collections row for ({uid}, {cid})");
@@ -59,7 +58,7 @@ fn set_collection_ts(conn: &mut SqliteConnection, uid: i64, cid: i64, ms: i64) {
 /// Stamps `uid`'s collection `name` `ahead_ms` past the client clock (on the 10 ms grid);
 /// returns the collection id and that timestamp.
 fn stamp_collection_ahead(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     uid: i64,
     name: &str,
     ahead_ms: i64,

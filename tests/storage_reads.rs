@@ -1,6 +1,9 @@
+#[macro_use]
 mod common;
 
 // SPEC 6, cases 1–30: "Storage — reads, filters, pagination", plus the pagination contract of
+backend_matrix!();
+
 // SPEC 1.6.2. Black-box: every check goes through HTTP.
 
 use common::*;

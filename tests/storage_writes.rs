@@ -1,4 +1,5 @@
 //! SPEC section 6, "Storage — writes and validation" (cases 31 to 53), tested over HTTP.
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -8,6 +9,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 // Default limits from SPEC section 0 / 1.11.
+backend_matrix!();
+
 const MAX_POST_RECORDS: usize = 100;
 const MAX_POST_BYTES: usize = 2_621_440;
 const MAX_TOTAL_RECORDS: u64 = 10_000;

@@ -99,6 +99,19 @@ async fn connection(
     }
 }
 
+/// How often a write unit of work that lost a deadlock is run again before the client gets 503.
+const WRITE_ATTEMPTS: u64 = 5;
+
+/// Creates the collection's global name mapping if needed (racing creators both succeed).
+async fn ensure_collection(conn: &mut AsyncMysqlConnection, name: &str) -> ApiResult<()> {
+    for _ in 0..3 {
+        if ops::get_or_create_collection_id(conn, name).await.is_ok() {
+            return Ok(());
+        }
+    }
+    Ok(ops::collection_id(conn, name).await.map(|_| ())?)
+}
+
 /// Runs a unit of work on its own task, so it completes (commit or rollback) even when the
 /// client goes away mid-request.
 async fn detached<T: Send + 'static>(
@@ -140,18 +153,35 @@ macro_rules! write_unit {
         detached(async move {
             let mut obj = connection(&pool, &settings).await?;
             let conn: &mut AsyncMysqlConnection = &mut obj;
-            // The locking read comes first; later reads must see rows other writers committed
-            // while we waited for it.
-            conn.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                .await?;
-            conn.transaction(async |$conn| {
-                let scope = ops::begin_write($conn, uid, collection.as_deref()).await?;
-                let $scope = &scope;
-                let $config: &StorageConfig = &config;
-                let _ = $config;
-                $body
-            })
-            .await
+            if let Some(name) = &collection {
+                // The global name mapping is made in its own statement, so that two writers
+                // creating it at once cannot deadlock each other's units of work.
+                ensure_collection(conn, name).await?;
+            }
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                // The locking read comes first; later reads must see rows other writers
+                // committed while we waited for it.
+                conn.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .await?;
+                let result = conn
+                    .transaction(async |$conn| {
+                        let scope = ops::begin_write($conn, uid, collection.as_deref()).await?;
+                        let $scope = &scope;
+                        let $config: &StorageConfig = &config;
+                        let _ = $config;
+                        $body
+                    })
+                    .await;
+                match result {
+                    // A deadlock victim was rolled back whole: run it again.
+                    Err(e) if super::sql::is_transient(&e) && attempt < WRITE_ATTEMPTS => {
+                        tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                    }
+                    other => return other,
+                }
+            }
         })
         .await
     }};
@@ -190,7 +220,7 @@ impl StorageDb for MysqlStorage {
             params.target.collection.clone(),
         );
         write_unit!(self, uid, Some(collection), |conn, scope, config| {
-            ops::put_bso(conn, scope, config, params).await
+            ops::put_bso(conn, scope, config, params.clone()).await
         })
     }
 
@@ -200,14 +230,14 @@ impl StorageDb for MysqlStorage {
             params.target.collection.clone(),
         );
         write_unit!(self, uid, Some(collection), |conn, scope, config| {
-            ops::post_bsos(conn, scope, config, params).await
+            ops::post_bsos(conn, scope, config, params.clone()).await
         })
     }
 
     async fn delete_bso(&self, params: BsoRef) -> ApiResult<SyncTimestamp> {
         let (uid, collection) = (params.user.legacy_id as i64, params.collection.clone());
         write_unit!(self, uid, Some(collection), |conn, scope, config| {
-            ops::delete_bso(conn, scope, config, params).await
+            ops::delete_bso(conn, scope, config, params.clone()).await
         })
     }
 
@@ -217,14 +247,14 @@ impl StorageDb for MysqlStorage {
             params.target.collection.clone(),
         );
         write_unit!(self, uid, Some(collection), |conn, scope, config| {
-            ops::delete_bsos(conn, scope, config, params).await
+            ops::delete_bsos(conn, scope, config, params.clone()).await
         })
     }
 
     async fn delete_collection(&self, params: CollectionRef) -> ApiResult<DeletedCollection> {
         let (uid, collection) = (params.user.legacy_id as i64, params.collection.clone());
         write_unit!(self, uid, Some(collection), |conn, scope, _config| {
-            ops::delete_collection(conn, scope, params).await
+            ops::delete_collection(conn, scope, params.clone()).await
         })
     }
 

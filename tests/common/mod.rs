@@ -1,7 +1,14 @@
-//! Black-box test harness: starts the real server on 127.0.0.1:0 with its SQLite database in a
-//! temporary directory, and signs requests with Hawk exactly as a Firefox client does.
+//! Black-box test harness: starts the real server on 127.0.0.1:0 with a database of its own
+//! (a SQLite file in a temporary directory, or a fresh MySQL database), and signs requests with
+//! Hawk exactly as a Firefox client does.
+//!
+//! Backends: a test binary runs on SQLite; its `on_<backend>` tests (from `backend_matrix!`)
+//! re-run the same binary with `SYNC_TEST_BACKEND=<backend>` when that server is reachable,
+//! and say plainly on stderr when it is not. `SYNC_TEST_REQUIRE_BACKENDS=mysql` (CI) turns a
+//! missing server into a failure.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod db;
 
 use std::collections::BTreeSet;
@@ -20,8 +27,12 @@ pub struct TestServer {
     pub port: u16,
     pub base: String,
     pub dir: tempfile::TempDir,
+    /// The storage database this server uses.
+    pub database_url: String,
     handle: actix_web::dev::ServerHandle,
     pub client: reqwest::Client,
+    /// Dropped with the server (a MySQL database of its own).
+    _database: Option<backends::ScratchDatabase>,
 }
 
 impl TestServer {
@@ -36,7 +47,12 @@ impl TestServer {
         settings.port = 0;
         settings.master_secret = MASTER_SECRET.into();
         settings.data_dir = dir.path().to_path_buf();
+        let database = backends::ScratchDatabase::create();
+        if let Some(db) = &database {
+            settings.syncstorage.database_url = Some(db.url.clone());
+        }
         adjust(&mut settings);
+        let database_url = settings.storage_url();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
@@ -54,8 +70,10 @@ impl TestServer {
             port: addr.port(),
             base: format!("http://127.0.0.1:{}", addr.port()),
             dir,
+            database_url,
             handle,
             client: reqwest::Client::new(),
+            _database: database,
         }
     }
 

@@ -32,19 +32,43 @@ impl Default for PoolSettings {
 /// are 503 + Retry-After (the client retries), anything else is a 500.
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
         let text = e.to_string();
-        if is_contention(&text) {
-            ApiError::new(ErrorKind::Conflict, format!("database busy: {text}"))
+        // Two first writers to one collection race to insert its row; the loser is retried.
+        let lost_insert_race = matches!(
+            e,
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
+        );
+        if lost_insert_race || is_contention(&text) {
+            ApiError::new(ErrorKind::Conflict, format!("{BUSY}{text}"))
         } else {
             ApiError::internal(format!("database error: {text}"))
         }
     }
 }
 
-/// SQLite's busy/locked results, as diesel reports them.
+const BUSY: &str = "database busy: ";
+
+/// Lock contention as the engines report it: SQLite busy/locked, InnoDB deadlocks and lock
+/// wait timeouts, PostgreSQL serialization failures.
 pub fn is_contention(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("database is locked") || m.contains("database table is locked") || m.contains("busy")
+    [
+        "database is locked",
+        "database table is locked",
+        "busy",
+        "deadlock",
+        "lock wait timeout",
+        "could not serialize",
+        "duplicate entry",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+/// A unit of work that failed this way was rolled back whole and may simply be run again.
+pub fn is_transient(e: &ApiError) -> bool {
+    e.kind == ErrorKind::Conflict && e.message.starts_with(BUSY)
 }
 
 impl From<diesel::r2d2::PoolError> for ApiError {
