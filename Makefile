@@ -1,7 +1,14 @@
-.PHONY: run test lint fmt build ci
+.PHONY: run run_mysql test lint fmt build ci
+
+MYSQL_URL ?= mysql://root@127.0.0.1:3306/syncstorage
 
 run:
 	cargo run --release
+
+# A local MySQL/MariaDB server (root, no password) with a `syncstorage` database.
+run_mysql:
+	mysql --protocol=tcp -h127.0.0.1 -uroot -e "CREATE DATABASE IF NOT EXISTS syncstorage"
+	SYNC_SYNCSTORAGE__DATABASE_URL=$(MYSQL_URL) cargo run --release
 
 test:
 	cargo test
