@@ -53,7 +53,8 @@ pub struct ScratchDatabase {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-fn admin_exec(server: &str, sql: &str) {
+/// Runs `sql` (one or more statements) on the server or database at `server`.
+pub fn admin_exec(server: &str, sql: &str) {
     use diesel::Connection;
     use diesel::connection::SimpleConnection;
     use diesel_async::AsyncMysqlConnection;

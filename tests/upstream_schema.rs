@@ -1,0 +1,106 @@
+//! A database created by syncstorage-rs's own MySQL migrations, holding data upstream wrote,
+//! is read and written correctly, and our migrations leave it as it is.
+#[macro_use]
+mod common;
+
+use common::db::*;
+use common::*;
+use serde_json::json;
+
+backend_matrix!();
+
+#[tokio::test]
+async fn upstream_mysql_database_is_read_and_written() {
+    if common::backends::current() != Some("mysql") {
+        return;
+    }
+    let upstream = common::backends::ScratchDatabase::create().unwrap();
+    let fixture = include_str!("fixtures/upstream_mysql.sql");
+    common::backends::admin_exec(&upstream.url, fixture);
+    let url = upstream.url.clone();
+    let server = TestServer::start_with(|s| s.syncstorage.database_url = Some(url)).await;
+    let user = server.user(7);
+
+    // Existing data, timestamps, the tombstone and expiry as upstream stored them.
+    let r = user.get("/info/collections").await;
+    assert_eq!(
+        r.json(),
+        json!({"bookmarks": 1700000000.12, "custom": 1700000000.25})
+    );
+    assert_eq!(r.header("X-Last-Modified"), Some("1700000000.30"));
+    let r = user.get("/storage/bookmarks?full=1&sort=oldest").await;
+    assert_eq!(
+        r.json(),
+        json!([
+            {"id": "b1", "modified": 1700000000.10, "payload": "first payload", "sortindex": 5},
+            {"id": "b2", "modified": 1700000000.12, "payload": "second"}
+        ])
+    );
+    // payload_size is 0 in upstream rows: usage must come from the payloads themselves.
+    let usage = user.get("/info/collection_usage").await.json();
+    assert_eq!(usage["bookmarks"], json!(19.0 / 1024.0));
+    assert_eq!(
+        user.get("/info/collection_counts").await.json(),
+        json!({"bookmarks": 2, "custom": 1})
+    );
+
+    // Writes: an update, a new custom collection (id after upstream's), a batch.
+    let r = user
+        .put("/storage/bookmarks/b1", json!({"payload": "updated"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = user.get("/storage/bookmarks/b1").await.json();
+    assert_eq!(
+        (r["payload"].clone(), r["sortindex"].clone()),
+        (json!("updated"), json!(5))
+    );
+    assert_eq!(
+        user.put("/storage/another/x", json!({"payload": "y"}))
+            .await
+            .status,
+        200
+    );
+    let r = user
+        .post(
+            "/storage/bookmarks?batch=true",
+            json!([{"id": "b3", "payload": "p3"}]),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let batch = r.json()["batch"].as_str().unwrap().to_owned();
+    let encoded = percent_encoding::utf8_percent_encode(&batch, percent_encoding::NON_ALPHANUMERIC);
+    let r = user
+        .post(
+            &format!("/storage/bookmarks?batch={encoded}&commit=true"),
+            json!([]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids_in(&user, "bookmarks").await, set(["b1", "b2", "b3"]));
+
+    let mut conn = db(&server);
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT id AS v FROM collections WHERE name = 'another'"
+        ),
+        102
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS v FROM __diesel_schema_migrations"
+        ),
+        6
+    );
+    // Our migrations did not touch upstream's tables: still latin1, still no extra columns.
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS v FROM information_schema.columns \
+             WHERE table_schema = DATABASE() AND table_name = 'bso'"
+        ),
+        8
+    );
+    drop(upstream);
+}
