@@ -332,5 +332,6 @@ mod ops {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 
-    crate::storage_ops!([async] [.await]);
+    crate::storage_ops!(schema = crate::db::sql::schema, [async] [.await]);
+    crate::mysql_layout_ops!([async] [.await]);
 }

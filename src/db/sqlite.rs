@@ -299,7 +299,8 @@ mod ops {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 
-    crate::storage_ops!([] []);
+    crate::storage_ops!(schema = crate::db::sql::schema, [] []);
+    crate::mysql_layout_ops!([] []);
 }
 
 #[cfg(test)]

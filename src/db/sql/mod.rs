@@ -1,6 +1,7 @@
 //! Diesel code shared by the SQL backends: the schema, the storage operations and the mapping
 //! of database failures to protocol errors.
 
+pub mod mysql_layout;
 pub mod ops;
 pub mod schema;
 

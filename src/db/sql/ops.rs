@@ -5,11 +5,8 @@
 //! else, and every SQL statement, is here. Each function runs inside a transaction the backend
 //! opened (a read snapshot, or a write lock on the user's collection); none commits.
 
-use diesel::prelude::Insertable;
-
-use super::schema::{batch_upload_items, bso};
 use crate::db::BsoPage;
-use crate::protocol::{Bso, BsoUpdate, Offset, StoredBso, SyncTimestamp};
+use crate::protocol::{Bso, Offset, StoredBso, SyncTimestamp};
 
 /// Rows per statement, well under every engine's bound-variable limit.
 pub const CHUNK: usize = 500;
@@ -42,68 +39,6 @@ pub fn stored((id, payload, sortindex, modified, expiry): BsoRow) -> StoredBso {
     }
 }
 
-pub const BSO_COLUMNS: (
-    bso::id,
-    bso::payload,
-    bso::sortindex,
-    bso::modified,
-    bso::ttl,
-) = (
-    bso::id,
-    bso::payload,
-    bso::sortindex,
-    bso::modified,
-    bso::ttl,
-);
-
-#[derive(Insertable)]
-#[diesel(table_name = bso)]
-pub struct NewBso<'a> {
-    pub userid: i64,
-    pub collection: i32,
-    pub id: &'a str,
-    pub sortindex: Option<i32>,
-    pub payload: &'a str,
-    pub payload_size: i32,
-    pub modified: i64,
-    pub ttl: i64,
-}
-
-pub type StagedRow = (String, Option<i32>, Option<String>, Option<i32>);
-
-pub fn staged_update((id, sortindex, payload, ttl): StagedRow) -> BsoUpdate {
-    BsoUpdate {
-        id,
-        payload,
-        sortindex,
-        ttl: ttl.map(|t| t.max(0) as u32),
-    }
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = batch_upload_items)]
-pub struct NewBatchItem<'a> {
-    pub batch: i64,
-    pub userid: i64,
-    pub id: &'a str,
-    pub sortindex: Option<i32>,
-    pub payload: Option<&'a str>,
-    pub payload_size: Option<i32>,
-    pub ttl_offset: Option<i32>,
-}
-
-pub const STAGED_COLUMNS: (
-    batch_upload_items::id,
-    batch_upload_items::sortindex,
-    batch_upload_items::payload,
-    batch_upload_items::ttl_offset,
-) = (
-    batch_upload_items::id,
-    batch_upload_items::sortindex,
-    batch_upload_items::payload,
-    batch_upload_items::ttl_offset,
-);
-
 /// A listing page for the trait's result type.
 pub fn page(
     collection_ts: SyncTimestamp,
@@ -119,7 +54,7 @@ pub fn page(
 /// The operations. `[$($asy)*]` is `[async]` or `[]`, `[$($aw)*]` is `[.await]` or `[]`.
 #[macro_export]
 macro_rules! storage_ops {
-    ([$($asy:tt)*] [$($aw:tt)*]) => {
+    (schema = $schema:path, [$($asy:tt)*] [$($aw:tt)*]) => {
         use std::collections::{BTreeMap, HashMap};
 
         use diesel::dsl::{count_star, max, sql};
@@ -127,7 +62,10 @@ macro_rules! storage_ops {
         use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, QueryResult};
 
         use $crate::db::sql::ops::*;
-        use $crate::db::sql::schema::{batch_upload_items, batch_uploads, bso, collections, user_collections};
+        use $schema::{bso, collections, user_collections};
+
+        const BSO_COLUMNS: (bso::id, bso::payload, bso::sortindex, bso::modified, bso::ttl) =
+            (bso::id, bso::payload, bso::sortindex, bso::modified, bso::ttl);
         use $crate::db::{
             BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody, InfoKind,
             PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, not_found,
@@ -230,6 +168,7 @@ macro_rules! storage_ops {
                     let rows: Vec<(i32, i64)> = user_collections::table
                         .filter(user_collections::userid.eq(uid))
                         .filter(user_collections::collection.ne(TOMBSTONE))
+                        .filter(user_collections::last_modified.gt(0i64))
                         .select((user_collections::collection, user_collections::last_modified))
                         .load(conn)$($aw)*?;
                     let rows = rows.into_iter().map(|(c, m)| (c, SyncTimestamp::from_i64(m))).collect();
@@ -337,26 +276,14 @@ macro_rules! storage_ops {
 
         /// Replaces the rows for these ids (delete then insert: the same SQL on every engine).
         $($asy)* fn write_rows(conn: &mut Conn, uid: i64, cid: i32, rows: &[StoredBso]) -> QueryResult<()> {
+            ensure_collection_row(conn, uid, cid)$($aw)*?;
             for chunk in rows.chunks(CHUNK) {
                 let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
                 diesel::delete(
                     bso::table.filter(bso::userid.eq(uid)).filter(bso::collection.eq(cid)).filter(bso::id.eq_any(ids)),
                 )
                 .execute(conn)$($aw)*?;
-                let values: Vec<NewBso<'_>> = chunk
-                    .iter()
-                    .map(|r| NewBso {
-                        userid: uid,
-                        collection: cid,
-                        id: &r.id,
-                        sortindex: r.sortindex,
-                        payload: &r.payload,
-                        payload_size: r.payload.len() as i32,
-                        modified: r.modified,
-                        ttl: r.expiry,
-                    })
-                    .collect();
-                diesel::insert_into(bso::table).values(values).execute(conn)$($aw)*?;
+                insert_bso_rows(conn, uid, cid, chunk)$($aw)*?;
             }
             Ok(())
         }
@@ -440,51 +367,13 @@ macro_rules! storage_ops {
             Ok(scope.t)
         }
 
-        $($asy)* fn delete_user_batches(conn: &mut Conn, uid: i64, batches: Vec<i64>) -> QueryResult<()> {
-            for chunk in batches.chunks(CHUNK) {
-                diesel::delete(
-                    batch_upload_items::table
-                        .filter(batch_upload_items::userid.eq(uid))
-                        .filter(batch_upload_items::batch.eq_any(chunk)),
-                )
-                .execute(conn)$($aw)*?;
-                diesel::delete(
-                    batch_uploads::table.filter(batch_uploads::userid.eq(uid)).filter(batch_uploads::batch.eq_any(chunk)),
-                )
-                .execute(conn)$($aw)*?;
-            }
-            Ok(())
-        }
+        // ---- batches (the layout supplies storage and ids) ----
 
-        // ---- batches ----
-
-        $($asy)* fn staged_items(conn: &mut Conn, uid: i64, batch: i64, ids: Option<&[String]>) -> QueryResult<Vec<BsoUpdate>> {
-            let base = || {
-                batch_upload_items::table
-                    .filter(batch_upload_items::userid.eq(uid))
-                    .filter(batch_upload_items::batch.eq(batch))
-                    .select(STAGED_COLUMNS)
-                    .order(batch_upload_items::id.asc())
-                    .into_boxed::<Db>()
-            };
-            let mut rows: Vec<StagedRow> = Vec::new();
-            match ids {
-                None => rows = base().load(conn)$($aw)*?,
-                Some(ids) => {
-                    for chunk in ids.chunks(CHUNK) {
-                        let found: Vec<StagedRow> = base().filter(batch_upload_items::id.eq_any(chunk)).load(conn)$($aw)*?;
-                        rows.extend(found);
-                    }
-                }
-            }
-            Ok(rows.into_iter().map(staged_update).collect())
-        }
-
-        /// Stages `updates`, merging field by field with what the batch already holds, and keeps
-        /// the batch within max_total_records / max_total_bytes (400, code 17).
-        $($asy)* fn stage(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig, batch: i64, updates: &[BsoUpdate]) -> ApiResult<()> {
+        /// Stages `updates`, merging field by field with what the batch already holds, and
+        /// keeps the batch within max_total_records / max_total_bytes (400, code 17).
+        $($asy)* fn stage(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig, batch: BatchKey, updates: &[BsoUpdate]) -> ApiResult<()> {
             let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-            let existing: HashMap<String, BsoUpdate> = staged_items(conn, scope.uid, batch, Some(&ids))$($aw)*?
+            let existing: HashMap<String, BsoUpdate> = staged_items(conn, scope, batch, Some(&ids))$($aw)*?
                 .into_iter()
                 .map(|u| (u.id.clone(), u))
                 .collect();
@@ -492,102 +381,24 @@ macro_rules! storage_ops {
                 .iter()
                 .map(|u| existing.get(&u.id).map_or_else(|| u.clone(), |old| old.merged_with(u)))
                 .collect();
-            for chunk in merged.chunks(CHUNK) {
-                let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
-                diesel::delete(
-                    batch_upload_items::table
-                        .filter(batch_upload_items::userid.eq(scope.uid))
-                        .filter(batch_upload_items::batch.eq(batch))
-                        .filter(batch_upload_items::id.eq_any(chunk_ids)),
-                )
-                .execute(conn)$($aw)*?;
-                let values: Vec<NewBatchItem<'_>> = chunk
-                    .iter()
-                    .map(|u| NewBatchItem {
-                        batch,
-                        userid: scope.uid,
-                        id: &u.id,
-                        sortindex: u.sortindex,
-                        payload: u.payload.as_deref(),
-                        payload_size: u.payload.as_ref().map(|p| p.len() as i32),
-                        ttl_offset: u.ttl.map(|t| t as i32),
-                    })
-                    .collect();
-                diesel::insert_into(batch_upload_items::table).values(values).execute(conn)$($aw)*?;
-            }
-            let (records, bytes): (i64, Option<i64>) = batch_upload_items::table
-                .filter(batch_upload_items::userid.eq(scope.uid))
-                .filter(batch_upload_items::batch.eq(batch))
-                .select((count_star(), sql::<Nullable<BigInt>>(STAGED_BYTES_SUM)))
-                .first(conn)$($aw)*?;
+            put_staged(conn, scope, batch, &merged)$($aw)*?;
+            let (records, bytes) = staged_totals(conn, scope, batch)$($aw)*?;
             let limits = &config.limits;
-            if records > i64::from(limits.max_total_records) || bytes.unwrap_or(0) > i64::from(limits.max_total_bytes) {
+            if records > i64::from(limits.max_total_records) || bytes > i64::from(limits.max_total_bytes) {
                 return Err(ApiError::new(ErrorKind::SizeLimit, "batch over max_total_records or max_total_bytes"));
             }
             // Staged bytes count toward quota; re-sent ids replaced their earlier bytes above.
-            check_quota(conn, scope, config, bytes.unwrap_or(0))$($aw)*
-        }
-
-        /// The batch if it exists for this user and collection and has not expired.
-        $($asy)* fn find_batch(conn: &mut Conn, scope: &WriteScope, id: &str) -> ApiResult<i64> {
-            let batch = batch_id::decode(id)?;
-            let found: Option<i32> = batch_uploads::table
-                .find((batch, scope.uid))
-                .select(batch_uploads::collection)
-                .first(conn)$($aw)*
-                .optional()?;
-            match found {
-                Some(cid) if cid == scope.cid && !batch_id::is_expired(batch, scope.t.as_i64()) => Ok(batch),
-                _ => Err(ApiError::bad_request("batch not found")),
-            }
-        }
-
-        $($asy)* fn create_batch(conn: &mut Conn, scope: &WriteScope) -> ApiResult<i64> {
-            let now = scope.t.as_i64();
-            // Expired batches of this user are dropped here rather than by a purge job.
-            let expired: Vec<i64> = batch_uploads::table
-                .filter(batch_uploads::userid.eq(scope.uid))
-                .filter(batch_uploads::batch.lt(now - batch_id::BATCH_LIFETIME_MS - 10))
-                .select(batch_uploads::batch)
-                .load(conn)$($aw)*?;
-            delete_user_batches(conn, scope.uid, expired)$($aw)*?;
-            let first = batch_id::numeric_id(now, scope.uid as u64);
-            for candidate in first..first + 5 {
-                let taken: Option<i64> = batch_uploads::table
-                    .find((candidate, scope.uid))
-                    .select(batch_uploads::batch)
-                    .first(conn)$($aw)*
-                    .optional()?;
-                if taken.is_some() {
-                    continue;
-                }
-                diesel::insert_into(batch_uploads::table)
-                    .values((
-                        batch_uploads::batch.eq(candidate),
-                        batch_uploads::userid.eq(scope.uid),
-                        batch_uploads::collection.eq(scope.cid),
-                    ))
-                    .execute(conn)$($aw)*?;
-                // A reused id (possible with this scheme) must start empty.
-                diesel::delete(
-                    batch_upload_items::table
-                        .filter(batch_upload_items::userid.eq(scope.uid))
-                        .filter(batch_upload_items::batch.eq(candidate)),
-                )
-                .execute(conn)$($aw)*?;
-                return Ok(candidate);
-            }
-            Err(ApiError::new(ErrorKind::Conflict, "could not allocate a batch id"))
+            check_quota(conn, scope, config, bytes)$($aw)*
         }
 
         /// Applies everything staged with one T (every record gets modified = T), then drops
         /// the batch.
-        $($asy)* fn commit_batch(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig, batch: i64) -> ApiResult<SyncTimestamp> {
-            let staged = staged_items(conn, scope.uid, batch, None)$($aw)*?;
+        $($asy)* fn commit_batch(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig, batch: BatchKey) -> ApiResult<SyncTimestamp> {
+            let staged = staged_items(conn, scope, batch, None)$($aw)*?;
             for chunk in staged.chunks(CHUNK) {
                 apply_updates(conn, scope.uid, scope.cid, chunk, scope.t, ModifiedRule::Always)$($aw)*?;
             }
-            delete_user_batches(conn, scope.uid, vec![batch])$($aw)*?;
+            drop_batch(conn, scope, batch)$($aw)*?;
             Ok(finish_write(conn, scope, config)$($aw)*?)
         }
 
@@ -652,7 +463,7 @@ macro_rules! storage_ops {
                 BatchRequest::Start => {
                     let batch = create_batch(conn, scope)$($aw)*?;
                     stage(conn, scope, config, batch, &items.valid)$($aw)*?;
-                    (scope.collection_ts, Some(batch_id::encode(batch)))
+                    (scope.collection_ts, Some(encode_batch(batch)))
                 }
                 BatchRequest::Append(id) => {
                     let batch = find_batch(conn, scope, id)$($aw)*?;
@@ -704,14 +515,11 @@ macro_rules! storage_ops {
         pub $($asy)* fn delete_collection(conn: &mut Conn, scope: &WriteScope, params: CollectionRef) -> ApiResult<DeletedCollection> {
             check(params.precondition, scope.collection_ts)?;
             let (uid, cid) = (scope.uid, scope.cid);
-            let existed = diesel::delete(user_collections::table.find((uid, cid))).execute(conn)$($aw)*? > 0;
+            // A pre-touched row (a batch opened, nothing committed) is not a collection yet.
+            let existed = scope.collection_ts > SyncTimestamp::ZERO;
+            diesel::delete(user_collections::table.find((uid, cid))).execute(conn)$($aw)*?;
             diesel::delete(bso::table.filter(bso::userid.eq(uid)).filter(bso::collection.eq(cid))).execute(conn)$($aw)*?;
-            let batches: Vec<i64> = batch_uploads::table
-                .filter(batch_uploads::userid.eq(uid))
-                .filter(batch_uploads::collection.eq(cid))
-                .select(batch_uploads::batch)
-                .load(conn)$($aw)*?;
-            delete_user_batches(conn, uid, batches)$($aw)*?;
+            drop_collection_batches(conn, uid, cid)$($aw)*?;
             if existed {
                 let tombstone = collection_ts(conn, uid, TOMBSTONE)$($aw)*?.unwrap_or_default();
                 touch_collection(conn, uid, TOMBSTONE, tombstone.max(scope.t))$($aw)*?;
@@ -726,8 +534,7 @@ macro_rules! storage_ops {
             check(precondition, before)?;
             diesel::delete(bso::table.filter(bso::userid.eq(uid))).execute(conn)$($aw)*?;
             diesel::delete(user_collections::table.filter(user_collections::userid.eq(uid))).execute(conn)$($aw)*?;
-            diesel::delete(batch_upload_items::table.filter(batch_upload_items::userid.eq(uid))).execute(conn)$($aw)*?;
-            diesel::delete(batch_uploads::table.filter(batch_uploads::userid.eq(uid))).execute(conn)$($aw)*?;
+            drop_user_batches(conn, uid)$($aw)*?;
             Ok(before)
         }
 
@@ -735,9 +542,7 @@ macro_rules! storage_ops {
         pub $($asy)* fn purge_expired(conn: &mut Conn, now: SyncTimestamp) -> ApiResult<PurgeStats> {
             let now = now.as_i64();
             let bsos = diesel::delete(bso::table.filter(bso::ttl.le(now))).execute(conn)$($aw)*?;
-            let cutoff = now - batch_id::BATCH_LIFETIME_MS - 10;
-            diesel::delete(batch_upload_items::table.filter(batch_upload_items::batch.lt(cutoff))).execute(conn)$($aw)*?;
-            let batches = diesel::delete(batch_uploads::table.filter(batch_uploads::batch.lt(cutoff))).execute(conn)$($aw)*?;
+            let batches = purge_batches(conn, now)$($aw)*?;
             Ok(PurgeStats { bsos, batches })
         }
 

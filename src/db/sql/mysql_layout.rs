@@ -1,0 +1,231 @@
+//! What differs between table layouts, for the MySQL layout (SPEC 5.1) that SQLite and MySQL
+//! share: inserting records (with `payload_size`) and the batch tables `batch_uploads` /
+//! `batch_upload_items`, whose ids are base64 of the creation ms plus `uid % 10`. Instantiated
+//! next to `storage_ops!`, with the same `[async]`/`[.await]` arguments.
+
+#[macro_export]
+macro_rules! mysql_layout_ops {
+    ([$($asy:tt)*] [$($aw:tt)*]) => {
+        use $crate::db::sql::schema::{batch_upload_items, batch_uploads};
+
+        /// A batch as this layout keys it.
+        pub type BatchKey = i64;
+
+        #[derive(diesel::prelude::Insertable)]
+        #[diesel(table_name = bso)]
+        struct NewBso<'a> {
+            userid: i64,
+            collection: i32,
+            id: &'a str,
+            sortindex: Option<i32>,
+            payload: &'a str,
+            payload_size: i32,
+            modified: i64,
+            ttl: i64,
+        }
+
+        #[derive(diesel::prelude::Insertable)]
+        #[diesel(table_name = batch_upload_items)]
+        struct NewBatchItem<'a> {
+            batch: i64,
+            userid: i64,
+            id: &'a str,
+            sortindex: Option<i32>,
+            payload: Option<&'a str>,
+            payload_size: Option<i32>,
+            ttl_offset: Option<i32>,
+        }
+
+        /// Inserts rows whose ids are known to be absent.
+        $($asy)* fn insert_bso_rows(conn: &mut Conn, uid: i64, cid: i32, rows: &[StoredBso]) -> QueryResult<()> {
+            let values: Vec<NewBso<'_>> = rows
+                .iter()
+                .map(|r| NewBso {
+                    userid: uid,
+                    collection: cid,
+                    id: &r.id,
+                    sortindex: r.sortindex,
+                    payload: &r.payload,
+                    payload_size: r.payload.len() as i32,
+                    modified: r.modified,
+                    ttl: r.expiry,
+                })
+                .collect();
+            diesel::insert_into(bso::table).values(values).execute(conn)$($aw)*?;
+            Ok(())
+        }
+
+        /// No foreign keys in this layout: a collection row is not needed before records.
+        $($asy)* fn ensure_collection_row(_conn: &mut Conn, _uid: i64, _cid: i32) -> QueryResult<()> {
+            Ok(())
+        }
+
+        fn encode_batch(key: BatchKey) -> String {
+            batch_id::encode(key)
+        }
+
+        $($asy)* fn drop_batches(conn: &mut Conn, uid: i64, batches: Vec<i64>) -> QueryResult<()> {
+            for chunk in batches.chunks(CHUNK) {
+                diesel::delete(
+                    batch_upload_items::table
+                        .filter(batch_upload_items::userid.eq(uid))
+                        .filter(batch_upload_items::batch.eq_any(chunk)),
+                )
+                .execute(conn)$($aw)*?;
+                diesel::delete(
+                    batch_uploads::table.filter(batch_uploads::userid.eq(uid)).filter(batch_uploads::batch.eq_any(chunk)),
+                )
+                .execute(conn)$($aw)*?;
+            }
+            Ok(())
+        }
+
+        $($asy)* fn drop_batch(conn: &mut Conn, scope: &WriteScope, key: BatchKey) -> QueryResult<()> {
+            drop_batches(conn, scope.uid, vec![key])$($aw)*
+        }
+
+        $($asy)* fn drop_collection_batches(conn: &mut Conn, uid: i64, cid: i32) -> QueryResult<()> {
+            let batches: Vec<i64> = batch_uploads::table
+                .filter(batch_uploads::userid.eq(uid))
+                .filter(batch_uploads::collection.eq(cid))
+                .select(batch_uploads::batch)
+                .load(conn)$($aw)*?;
+            drop_batches(conn, uid, batches)$($aw)*
+        }
+
+        $($asy)* fn drop_user_batches(conn: &mut Conn, uid: i64) -> QueryResult<()> {
+            diesel::delete(batch_upload_items::table.filter(batch_upload_items::userid.eq(uid))).execute(conn)$($aw)*?;
+            diesel::delete(batch_uploads::table.filter(batch_uploads::userid.eq(uid))).execute(conn)$($aw)*?;
+            Ok(())
+        }
+
+        /// Expired batches of every user; returns how many.
+        $($asy)* fn purge_batches(conn: &mut Conn, now: i64) -> QueryResult<usize> {
+            let cutoff = now - batch_id::BATCH_LIFETIME_MS - 10;
+            diesel::delete(batch_upload_items::table.filter(batch_upload_items::batch.lt(cutoff))).execute(conn)$($aw)*?;
+            diesel::delete(batch_uploads::table.filter(batch_uploads::batch.lt(cutoff))).execute(conn)$($aw)*
+        }
+
+        /// Staged records, all or those with `ids`.
+        $($asy)* fn staged_items(conn: &mut Conn, scope: &WriteScope, batch: BatchKey, ids: Option<&[String]>) -> QueryResult<Vec<BsoUpdate>> {
+            let uid = scope.uid;
+            let base = || {
+                batch_upload_items::table
+                    .filter(batch_upload_items::userid.eq(uid))
+                    .filter(batch_upload_items::batch.eq(batch))
+                    .select((
+                        batch_upload_items::id,
+                        batch_upload_items::sortindex,
+                        batch_upload_items::payload,
+                        batch_upload_items::ttl_offset,
+                    ))
+                    .order(batch_upload_items::id.asc())
+                    .into_boxed::<Db>()
+            };
+            let mut rows: Vec<(String, Option<i32>, Option<String>, Option<i32>)> = Vec::new();
+            match ids {
+                None => rows = base().load(conn)$($aw)*?,
+                Some(ids) => {
+                    for chunk in ids.chunks(CHUNK) {
+                        let found: Vec<_> = base().filter(batch_upload_items::id.eq_any(chunk)).load(conn)$($aw)*?;
+                        rows.extend(found);
+                    }
+                }
+            }
+            Ok(rows
+                .into_iter()
+                .map(|(id, sortindex, payload, ttl)| BsoUpdate { id, payload, sortindex, ttl: ttl.map(|t| t.max(0) as u32) })
+                .collect())
+        }
+
+        /// Replaces the staged rows for these (merged) records.
+        $($asy)* fn put_staged(conn: &mut Conn, scope: &WriteScope, batch: BatchKey, merged: &[BsoUpdate]) -> QueryResult<()> {
+            for chunk in merged.chunks(CHUNK) {
+                let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
+                diesel::delete(
+                    batch_upload_items::table
+                        .filter(batch_upload_items::userid.eq(scope.uid))
+                        .filter(batch_upload_items::batch.eq(batch))
+                        .filter(batch_upload_items::id.eq_any(chunk_ids)),
+                )
+                .execute(conn)$($aw)*?;
+                let values: Vec<NewBatchItem<'_>> = chunk
+                    .iter()
+                    .map(|u| NewBatchItem {
+                        batch,
+                        userid: scope.uid,
+                        id: &u.id,
+                        sortindex: u.sortindex,
+                        payload: u.payload.as_deref(),
+                        payload_size: u.payload.as_ref().map(|p| p.len() as i32),
+                        ttl_offset: u.ttl.map(|t| t as i32),
+                    })
+                    .collect();
+                diesel::insert_into(batch_upload_items::table).values(values).execute(conn)$($aw)*?;
+            }
+            Ok(())
+        }
+
+        /// How many records and payload bytes the batch holds.
+        $($asy)* fn staged_totals(conn: &mut Conn, scope: &WriteScope, batch: BatchKey) -> QueryResult<(i64, i64)> {
+            let (records, bytes): (i64, Option<i64>) = batch_upload_items::table
+                .filter(batch_upload_items::userid.eq(scope.uid))
+                .filter(batch_upload_items::batch.eq(batch))
+                .select((count_star(), sql::<Nullable<BigInt>>(STAGED_BYTES_SUM)))
+                .first(conn)$($aw)*?;
+            Ok((records, bytes.unwrap_or(0)))
+        }
+
+        /// The batch if it exists for this user and collection and has not expired.
+        $($asy)* fn find_batch(conn: &mut Conn, scope: &WriteScope, id: &str) -> ApiResult<BatchKey> {
+            let batch = batch_id::decode(id)?;
+            let found: Option<i32> = batch_uploads::table
+                .find((batch, scope.uid))
+                .select(batch_uploads::collection)
+                .first(conn)$($aw)*
+                .optional()?;
+            match found {
+                Some(cid) if cid == scope.cid && !batch_id::is_expired(batch, scope.t.as_i64()) => Ok(batch),
+                _ => Err(ApiError::bad_request("batch not found")),
+            }
+        }
+
+        $($asy)* fn create_batch(conn: &mut Conn, scope: &WriteScope) -> ApiResult<BatchKey> {
+            let now = scope.t.as_i64();
+            // Expired batches of this user are dropped here rather than by a purge job.
+            let expired: Vec<i64> = batch_uploads::table
+                .filter(batch_uploads::userid.eq(scope.uid))
+                .filter(batch_uploads::batch.lt(now - batch_id::BATCH_LIFETIME_MS - 10))
+                .select(batch_uploads::batch)
+                .load(conn)$($aw)*?;
+            drop_batches(conn, scope.uid, expired)$($aw)*?;
+            let first = batch_id::numeric_id(now, scope.uid as u64);
+            for candidate in first..first + 5 {
+                let taken: Option<i64> = batch_uploads::table
+                    .find((candidate, scope.uid))
+                    .select(batch_uploads::batch)
+                    .first(conn)$($aw)*
+                    .optional()?;
+                if taken.is_some() {
+                    continue;
+                }
+                diesel::insert_into(batch_uploads::table)
+                    .values((
+                        batch_uploads::batch.eq(candidate),
+                        batch_uploads::userid.eq(scope.uid),
+                        batch_uploads::collection.eq(scope.cid),
+                    ))
+                    .execute(conn)$($aw)*?;
+                // A reused id (possible with this scheme) must start empty.
+                diesel::delete(
+                    batch_upload_items::table
+                        .filter(batch_upload_items::userid.eq(scope.uid))
+                        .filter(batch_upload_items::batch.eq(candidate)),
+                )
+                .execute(conn)$($aw)*?;
+                return Ok(candidate);
+            }
+            Err(ApiError::new(ErrorKind::Conflict, "could not allocate a batch id"))
+        }
+    };
+}
