@@ -1,7 +1,7 @@
 //! A database that goes away gives clients 503 + Retry-After (never a hang or a 500), the
 //! heartbeat reports it, and the server recovers by itself when the database returns. The
 //! outage is made with a TCP relay in front of the real MySQL server that the test cuts and
-//! restores; SQLite, being a file, has no such outage.
+//! restores (MySQL and PostgreSQL); SQLite, being a file, has no such outage.
 #[macro_use]
 mod common;
 
@@ -72,9 +72,9 @@ impl Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_is_503_and_recovers() {
-    if common::backends::current() != Some("mysql") {
+    let Some(engine) = common::backends::current() else {
         return;
-    }
+    };
     // A database of our own, reached through the relay.
     let scratch = TestServer::start().await;
     let direct = scratch.database_url.clone();
@@ -87,9 +87,12 @@ async fn database_outage_is_503_and_recovers() {
         .unwrap();
     let target = authority.rsplit('@').next().unwrap().to_owned();
     let relay = Relay::start(&target).await;
-    // mysql_async would otherwise switch a local connection to the Unix socket, around the relay.
-    let relayed =
-        direct.replacen(&target, &format!("127.0.0.1:{}", relay.port), 1) + "?prefer_socket=false";
+    let mut relayed = direct.replacen(&target, &format!("127.0.0.1:{}", relay.port), 1);
+    if engine == "mysql" {
+        // mysql_async would otherwise switch a local connection to the Unix socket, around
+        // the relay.
+        relayed.push_str("?prefer_socket=false");
+    }
     let server = TestServer::start_with(|s| {
         s.syncstorage.database_url = Some(relayed.clone());
         s.syncstorage.database_pool_connection_timeout = 2;

@@ -35,18 +35,28 @@ fn now_secs() -> u64 {
 }
 
 fn stored_collection_ts(conn: &mut AnyConnection, uid: i64, cid: i64) -> i64 {
-    sql_query("SELECT last_modified AS v FROM user_collections WHERE userid = ? AND collection = ?")
-        .bind(uid)
-        .bind(cid)
-        .get_result::<Num>(conn)
-        .unwrap()
-        .v
+    sql_query(match conn {
+        AnyConnection::Pg(_) => {
+            "SELECT (extract(epoch FROM modified) * 1000)::BIGINT AS v FROM user_collections \
+             WHERE user_id = ? AND collection_id = ?"
+        }
+        _ => "SELECT last_modified AS v FROM user_collections WHERE userid = ? AND collection = ?",
+    })
+    .bind(uid)
+    .bind(cid)
+    .get_result::<Num>(conn)
+    .unwrap()
+    .v
 }
 
 fn set_collection_ts(conn: &mut AnyConnection, uid: i64, cid: i64, ms: i64) {
-    let n = sql_query(
-        "UPDATE user_collections SET last_modified = ? WHERE userid = ? AND collection = ?",
-    )
+    let n = sql_query(match conn {
+        AnyConnection::Pg(_) => {
+            "UPDATE user_collections SET modified = to_timestamp(?::BIGINT / 1000.0) \
+             WHERE user_id = ? AND collection_id = ?"
+        }
+        _ => "UPDATE user_collections SET last_modified = ? WHERE userid = ? AND collection = ?",
+    })
     .bind(ms)
     .bind(uid)
     .bind(cid)

@@ -11,6 +11,8 @@ use crate::protocol::post::PostItems;
 use crate::protocol::{BatchRequest, Bso, BsoQuery, Limits, Offset, Precondition, SyncTimestamp};
 
 pub mod mysql;
+pub mod pooled;
+pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 
@@ -188,10 +190,15 @@ pub fn open_storage(
     if mysql::is_mysql_url(url) {
         return Ok(Arc::new(mysql::MysqlStorage::open(url, pool, config)?));
     }
+    if postgres::is_postgres_url(url) {
+        return Ok(Arc::new(postgres::PostgresStorage::open(
+            url, pool, config,
+        )?));
+    }
     match sqlite::SqliteTarget::from_url(url) {
         Some(target) => Ok(Arc::new(sqlite::SqliteStorage::open(target, pool, config)?)),
         None => Err(format!(
-            "syncstorage.database_url: unsupported database URL {url:?} (use sqlite:PATH or mysql://)"
+            "syncstorage.database_url: unsupported database URL {url:?} (use sqlite:PATH, mysql:// or postgres://)"
         )),
     }
 }

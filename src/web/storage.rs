@@ -18,6 +18,23 @@ use crate::protocol::post::{parse_post_body, parse_put_body};
 use crate::protocol::query::parse_ids;
 use crate::protocol::{BatchRequest, BsoQuery, SyncTimestamp};
 
+/// Response bodies with timestamps are typed: a `serde_json::Value` would turn the two-decimal
+/// raw number into a float and print `1700000000.1`.
+#[derive(Serialize)]
+struct PostBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    modified: Option<SyncTimestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<&'a str>,
+    success: &'a [String],
+    failed: &'a std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct ModifiedBody {
+    modified: SyncTimestamp,
+}
+
 fn json_response(
     status: StatusCode,
     last_modified: SyncTimestamp,
@@ -158,11 +175,21 @@ pub async fn post_collection(
         Some(batch) => json_response(
             StatusCode::ACCEPTED,
             result.last_modified,
-            &json!({"batch": batch, "success": result.success, "failed": result.failed}),
+            &PostBody {
+                modified: None,
+                batch: Some(&batch),
+                success: &result.success,
+                failed: &result.failed,
+            },
         ),
         None => ok(
             result.last_modified,
-            &json!({"modified": result.last_modified, "success": result.success, "failed": result.failed}),
+            &PostBody {
+                modified: Some(result.last_modified),
+                batch: None,
+                success: &result.success,
+                failed: &result.failed,
+            },
         ),
     })
 }
@@ -242,5 +269,31 @@ pub async fn put_bso(
 pub async fn delete_bso(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
     let target = bso_ref(&req, &state)?;
     let t = state.storage.delete_bso(target).await?;
-    Ok(ok(t, &json!({ "modified": t })))
+    Ok(ok(t, &ModifiedBody { modified: t }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `serde_json::Value` body would print `1700000000.1`; the typed bodies keep `.10`.
+    #[test]
+    fn bodies_keep_two_decimals() {
+        let t = SyncTimestamp::from_millis(1_700_000_000_100);
+        let failed = std::collections::BTreeMap::new();
+        let body = PostBody {
+            modified: Some(t),
+            batch: None,
+            success: &[],
+            failed: &failed,
+        };
+        assert_eq!(
+            serde_json::to_string(&body).unwrap(),
+            r#"{"modified":1700000000.10,"success":[],"failed":{}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ModifiedBody { modified: t }).unwrap(),
+            r#"{"modified":1700000000.10}"#
+        );
+    }
 }

@@ -8,16 +8,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Engines besides SQLite, with the env var that overrides their server URL.
-pub const ENGINES: &[(&str, &str, &str)] = &[(
-    "mysql",
-    "SYNC_TEST_MYSQL_URL",
-    "mysql://root@127.0.0.1:3306",
-)];
+pub const ENGINES: &[(&str, &str, &str)] = &[
+    (
+        "mysql",
+        "SYNC_TEST_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306",
+    ),
+    (
+        "postgres",
+        "SYNC_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432",
+    ),
+];
 
-/// The engine this process tests: `SYNC_TEST_BACKEND`, SQLite when unset.
+/// The engine this process tests: `SYNC_TEST_BACKEND`, SQLite when unset. An unknown name is
+/// an error, never a silent run on SQLite.
 pub fn current() -> Option<&'static str> {
     let name = std::env::var("SYNC_TEST_BACKEND").ok()?;
-    ENGINES.iter().map(|(n, _, _)| *n).find(|n| *n == name)
+    let engine = ENGINES.iter().map(|(n, _, _)| *n).find(|n| *n == name);
+    assert!(
+        engine.is_some(),
+        "SYNC_TEST_BACKEND={name}: not one of {ENGINES:?}"
+    );
+    engine
 }
 
 fn server_url(engine: &str) -> String {
@@ -53,19 +66,24 @@ pub struct ScratchDatabase {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// Runs `sql` (one or more statements) on the server or database at `server`.
-pub fn admin_exec(server: &str, sql: &str) {
+/// Runs `sql` (one or more statements) on the server or database at `url`.
+pub fn admin_exec(url: &str, sql: &str) {
     use diesel::Connection;
     use diesel::connection::SimpleConnection;
-    use diesel_async::AsyncMysqlConnection;
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-    let (server, sql) = (server.to_owned(), sql.to_owned());
+    use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
+    let (url, sql) = (url.to_owned(), sql.to_owned());
     // The blocking wrapper needs a thread without a runtime.
     std::thread::spawn(move || {
-        let mut conn =
-            <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(&server)
-                .unwrap_or_else(|e| panic!("connect to {server}: {e}"));
-        conn.batch_execute(&sql)
+        let result = if url.starts_with("postgres") {
+            <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(&url)
+                .map(|mut c| c.batch_execute(&sql))
+        } else {
+            <AsyncConnectionWrapper<AsyncMysqlConnection> as Connection>::establish(&url)
+                .map(|mut c| c.batch_execute(&sql))
+        };
+        result
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
     })
     .join()
@@ -82,10 +100,9 @@ impl ScratchDatabase {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
-        admin_exec(
-            &server,
-            &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"),
-        );
+        // One statement each: PostgreSQL will not create a database inside a transaction.
+        admin_exec(&server, &format!("DROP DATABASE IF EXISTS {name}"));
+        admin_exec(&server, &format!("CREATE DATABASE {name}"));
         Some(ScratchDatabase {
             url: format!("{}/{name}", server.trim_end_matches('/')),
             server,
@@ -96,9 +113,15 @@ impl ScratchDatabase {
 
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
+        // The server under test may still hold pooled connections.
+        let force = if self.server.starts_with("postgres") {
+            " WITH (FORCE)"
+        } else {
+            ""
+        };
         admin_exec(
             &self.server,
-            &format!("DROP DATABASE IF EXISTS {}", self.name),
+            &format!("DROP DATABASE IF EXISTS {}{force}", self.name),
         );
     }
 }
@@ -155,6 +178,11 @@ macro_rules! backend_matrix {
         #[test]
         fn on_mysql() {
             common::backends::run_suite_on("mysql");
+        }
+
+        #[test]
+        fn on_postgres() {
+            common::backends::run_suite_on("postgres");
         }
     };
 }

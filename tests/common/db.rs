@@ -1,40 +1,72 @@
-//! Direct reads and writes of the server's real database (SQLite file or MySQL database),
-//! for checks HTTP cannot make. The SQL is written once: `?` placeholders, and MySQL sessions
-//! run with PIPES_AS_CONCAT so `||` concatenates as in SQLite.
+//! Direct reads and writes of the server's real database (SQLite file, MySQL or PostgreSQL
+//! database), for checks HTTP cannot make. SQL uses `?` placeholders (numbered for PostgreSQL
+//! here); MySQL sessions run with PIPES_AS_CONCAT so `||` concatenates as in SQLite. The
+//! PostgreSQL tables have their own names (SPEC 5.2): `mysql_layout()` tells which SQL to use.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel_async::AsyncMysqlConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
 use super::TestServer;
 
 /// A blocking connection to whichever engine the server under test uses.
+#[allow(clippy::large_enum_variant)] // one per test, briefly
 pub enum AnyConnection {
     Sqlite(SqliteConnection),
     /// Used on a thread of its own per query: the wrapper blocks on its own runtime, which
     /// cannot happen on an async test's thread.
     Mysql(Option<AsyncConnectionWrapper<AsyncMysqlConnection>>),
+    Pg(Option<AsyncConnectionWrapper<AsyncPgConnection>>),
 }
 
 type MysqlConn = AsyncConnectionWrapper<AsyncMysqlConnection>;
+type PgConn = AsyncConnectionWrapper<AsyncPgConnection>;
+
+/// Whether the server's tables are the MySQL layout (SQLite, MySQL) rather than PostgreSQL's.
+pub fn mysql_layout(server: &TestServer) -> bool {
+    !server.database_url.starts_with("postgres")
+}
 
 impl Drop for AnyConnection {
     fn drop(&mut self) {
-        // The MySQL wrapper owns a runtime, which may not be dropped on an async thread.
-        if let AnyConnection::Mysql(slot) = self
-            && let Some(conn) = slot.take()
-        {
-            std::thread::spawn(move || drop(conn)).join().unwrap();
+        // The wrappers own a runtime, which may not be dropped on an async thread.
+        match self {
+            AnyConnection::Mysql(slot) => {
+                if let Some(conn) = slot.take() {
+                    std::thread::spawn(move || drop(conn)).join().unwrap();
+                }
+            }
+            AnyConnection::Pg(slot) => {
+                if let Some(conn) = slot.take() {
+                    std::thread::spawn(move || drop(conn)).join().unwrap();
+                }
+            }
+            AnyConnection::Sqlite(_) => {}
         }
     }
 }
 
-/// Runs `f` with the MySQL connection on a plain thread and puts the connection back.
-fn off_thread<R: Send + 'static>(
-    slot: &mut Option<MysqlConn>,
-    f: impl FnOnce(&mut MysqlConn) -> R + Send + 'static,
+/// `?` placeholders as PostgreSQL's `$1, $2, ...`.
+fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs `f` with a wrapper connection on a plain thread and puts the connection back.
+fn off_thread<C: Send + 'static, R: Send + 'static>(
+    slot: &mut Option<C>,
+    f: impl FnOnce(&mut C) -> R + Send + 'static,
 ) -> R {
     let mut conn = slot.take().expect("connection");
     let (conn, out) = std::thread::spawn(move || {
@@ -111,6 +143,14 @@ impl Sql {
             AnyConnection::Mysql(slot) => off_thread(slot, move |c| {
                 boxed_with_binds!(diesel::mysql::Mysql, self.text, self.binds).execute(c)
             }),
+            AnyConnection::Pg(slot) => off_thread(slot, move |c| {
+                boxed_with_binds!(
+                    diesel::pg::Pg,
+                    numbered_placeholders(&self.text),
+                    self.binds
+                )
+                .execute(c)
+            }),
         }
     }
 
@@ -118,6 +158,7 @@ impl Sql {
     where
         U: QueryableByName<diesel::sqlite::Sqlite>
             + QueryableByName<diesel::mysql::Mysql>
+            + QueryableByName<diesel::pg::Pg>
             + Send
             + 'static,
     {
@@ -127,6 +168,14 @@ impl Sql {
             }
             AnyConnection::Mysql(slot) => off_thread(slot, move |c| {
                 boxed_with_binds!(diesel::mysql::Mysql, self.text, self.binds).get_result(c)
+            }),
+            AnyConnection::Pg(slot) => off_thread(slot, move |c| {
+                boxed_with_binds!(
+                    diesel::pg::Pg,
+                    numbered_placeholders(&self.text),
+                    self.binds
+                )
+                .get_result(c)
             }),
         }
     }
@@ -150,6 +199,13 @@ pub fn db(server: &TestServer) -> AnyConnection {
         .join()
         .unwrap();
         AnyConnection::Mysql(Some(conn))
+    } else if url.starts_with("postgres") {
+        let conn = std::thread::spawn(move || {
+            <PgConn as Connection>::establish(&url).expect("open the server's database")
+        })
+        .join()
+        .unwrap();
+        AnyConnection::Pg(Some(conn))
     } else {
         let mut conn = SqliteConnection::establish(server.db_path().to_str().unwrap())
             .expect("open the server's database");
@@ -173,11 +229,33 @@ pub struct MaybeText {
 }
 
 pub fn collection_id(conn: &mut AnyConnection, name: &str) -> i64 {
-    sql_query("SELECT id AS v FROM collections WHERE name = ?")
+    let sql = match conn {
+        AnyConnection::Pg(_) => "SELECT collection_id::BIGINT AS v FROM collections WHERE name = ?",
+        _ => "SELECT id AS v FROM collections WHERE name = ?",
+    };
+    sql_query(sql)
         .bind(name)
         .get_result::<Num>(conn)
         .unwrap_or_else(|e| panic!("collection {name}: {e}"))
         .v
+}
+
+/// How many batches `uid` has open, and how many records they stage, in either layout.
+pub fn batch_rows(conn: &mut AnyConnection, uid: i64) -> (i64, i64) {
+    let (batches, items) = match conn {
+        AnyConnection::Pg(_) => ("batches WHERE user_id", "batch_bsos WHERE user_id"),
+        _ => (
+            "batch_uploads WHERE userid",
+            "batch_upload_items WHERE userid",
+        ),
+    };
+    (
+        count(
+            conn,
+            &format!("SELECT count(*) AS v FROM {batches} = {uid}"),
+        ),
+        count(conn, &format!("SELECT count(*) AS v FROM {items} = {uid}")),
+    )
 }
 
 /// The single integer `sql` selects `AS v`.
@@ -188,6 +266,18 @@ pub fn count(conn: &mut AnyConnection, sql: &str) -> i64 {
 /// Every row of the per-user tables as text, to prove a request wrote nothing.
 pub fn db_snapshot(server: &TestServer) -> String {
     let mut conn = db(server);
+    let pg_queries = [
+        "SELECT string_agg(user_id || '|' || collection_id || '|' || bso_id || '|' || coalesce(sortindex::text, '-') \
+         || '|' || payload || '|' || modified || '|' || expiry, chr(10) ORDER BY user_id, collection_id, bso_id) AS v \
+         FROM bsos",
+        "SELECT string_agg(user_id || '|' || collection_id || '|' || modified || '|' || coalesce(count::text, '-') \
+         || '|' || coalesce(total_bytes::text, '-'), chr(10) ORDER BY user_id, collection_id) AS v FROM user_collections",
+        "SELECT string_agg(user_id || '|' || collection_id || '|' || batch_id || '|' || expiry, chr(10) \
+         ORDER BY user_id, collection_id, batch_id) AS v FROM batches",
+        "SELECT string_agg(batch_id || '|' || user_id || '|' || batch_bso_id || '|' || coalesce(sortindex::text, '-') || '|' \
+         || coalesce(payload, '-') || '|' || coalesce(ttl::text, '-'), chr(10) ORDER BY batch_id, batch_bso_id) AS v \
+         FROM batch_bsos",
+    ];
     let queries = [
         "SELECT group_concat(r, char(10)) AS v FROM (SELECT userid || '|' || collection || '|' || id || '|' || \
          ifnull(sortindex, '-') || '|' || payload || '|' || modified || '|' || ttl AS r FROM bso \
@@ -201,6 +291,11 @@ pub fn db_snapshot(server: &TestServer) -> String {
          ifnull(sortindex, '-') || '|' || ifnull(payload, '-') || '|' || ifnull(ttl_offset, '-') AS r \
          FROM batch_upload_items ORDER BY batch, userid, id) AS t",
     ];
+    let queries: &[&str] = if mysql_layout(server) {
+        &queries
+    } else {
+        &pg_queries
+    };
     queries
         .iter()
         .map(|q| {

@@ -53,6 +53,13 @@ impl TestServer {
         }
         adjust(&mut settings);
         let database_url = settings.storage_url();
+        if let Some(engine) = backends::current() {
+            // A test that overrides the URL must still be on the engine under test.
+            assert!(
+                database_url.starts_with(engine),
+                "{engine} run, but the server uses {database_url}"
+            );
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {

@@ -3,7 +3,9 @@
 
 pub mod mysql_layout;
 pub mod ops;
+pub mod pg_types;
 pub mod schema;
+pub mod schema_pg;
 
 use crate::error::{ApiError, ErrorKind};
 

@@ -20,8 +20,8 @@ macro_rules! mysql_layout_ops {
             sortindex: Option<i32>,
             payload: &'a str,
             payload_size: i32,
-            modified: i64,
-            ttl: i64,
+            modified: Ms,
+            ttl: Ms,
         }
 
         #[derive(diesel::prelude::Insertable)]
@@ -47,16 +47,11 @@ macro_rules! mysql_layout_ops {
                     sortindex: r.sortindex,
                     payload: &r.payload,
                     payload_size: r.payload.len() as i32,
-                    modified: r.modified,
-                    ttl: r.expiry,
+                    modified: Ms(r.modified),
+                    ttl: Ms(r.expiry),
                 })
                 .collect();
             diesel::insert_into(bso::table).values(values).execute(conn)$($aw)*?;
-            Ok(())
-        }
-
-        /// No foreign keys in this layout: a collection row is not needed before records.
-        $($asy)* fn ensure_collection_row(_conn: &mut Conn, _uid: i64, _cid: i32) -> QueryResult<()> {
             Ok(())
         }
 

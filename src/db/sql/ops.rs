@@ -27,9 +27,18 @@ pub struct WriteScope {
     pub collection_ts: SyncTimestamp,
 }
 
-pub type BsoRow = (String, String, Option<i32>, i64, i64);
+/// A timestamp column's value in ms: BIGINT on SQLite and MySQL, TIMESTAMPTZ on PostgreSQL
+/// (see `pg_types`), so the shared operations compare and store timestamps one way.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, diesel::AsExpression, diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::BigInt)]
+#[diesel(sql_type = super::pg_types::Millis)]
+pub struct Ms(pub i64);
 
-pub fn stored((id, payload, sortindex, modified, expiry): BsoRow) -> StoredBso {
+pub type BsoRow = (String, String, Option<i32>, Ms, Ms);
+
+pub fn stored((id, payload, sortindex, Ms(modified), Ms(expiry)): BsoRow) -> StoredBso {
     StoredBso {
         id,
         payload,
@@ -97,31 +106,31 @@ macro_rules! storage_ops {
             Ok(user_collections::table
                 .find((uid, cid))
                 .select(user_collections::last_modified)
-                .first::<i64>(conn)$($aw)*
+                .first::<Ms>(conn)$($aw)*
                 .optional()?
-                .map(SyncTimestamp::from_i64))
+                .map(|Ms(ms)| SyncTimestamp::from_i64(ms)))
         }
 
         pub $($asy)* fn storage_ts(conn: &mut Conn, uid: i64) -> QueryResult<SyncTimestamp> {
-            let ts: Option<i64> = user_collections::table
+            let ts: Option<Ms> = user_collections::table
                 .filter(user_collections::userid.eq(uid))
                 .select(max(user_collections::last_modified))
                 .first(conn)$($aw)*?;
-            Ok(ts.map(SyncTimestamp::from_i64).unwrap_or_default())
+            Ok(ts.map(|Ms(ms)| SyncTimestamp::from_i64(ms)).unwrap_or_default())
         }
 
         /// Sets the collection's timestamp to `t`, creating its row when absent (the caller
         /// holds the collection's write lock).
         pub $($asy)* fn touch_collection(conn: &mut Conn, uid: i64, cid: i32, t: SyncTimestamp) -> QueryResult<()> {
             let updated = diesel::update(user_collections::table.find((uid, cid)))
-                .set(user_collections::last_modified.eq(t.as_i64()))
+                .set(user_collections::last_modified.eq(Ms(t.as_i64())))
                 .execute(conn)$($aw)*?;
             if updated == 0 {
                 diesel::insert_into(user_collections::table)
                     .values((
                         user_collections::userid.eq(uid),
                         user_collections::collection.eq(cid),
-                        user_collections::last_modified.eq(t.as_i64()),
+                        user_collections::last_modified.eq(Ms(t.as_i64())),
                     ))
                     .execute(conn)$($aw)*?;
             }
@@ -138,14 +147,14 @@ macro_rules! storage_ops {
         }
 
         fn live_bsos(uid: i64, now: i64) -> bso::BoxedQuery<'static, Db> {
-            bso::table.filter(bso::userid.eq(uid)).filter(bso::ttl.gt(now)).into_boxed()
+            bso::table.filter(bso::userid.eq(uid)).filter(bso::ttl.gt(Ms(now))).into_boxed()
         }
 
         /// Bytes of unexpired payloads per collection.
         $($asy)* fn usage_by_collection(conn: &mut Conn, uid: i64, now: i64) -> QueryResult<Vec<(i32, i64)>> {
             let rows: Vec<(i32, Option<i64>)> = bso::table
                 .filter(bso::userid.eq(uid))
-                .filter(bso::ttl.gt(now))
+                .filter(bso::ttl.gt(Ms(now)))
                 .group_by(bso::collection)
                 .select((bso::collection, sql::<Nullable<BigInt>>(BSO_BYTES_SUM)))
                 .load(conn)$($aw)*?;
@@ -165,19 +174,19 @@ macro_rules! storage_ops {
             let now = now.as_i64();
             Ok(match kind {
                 InfoKind::Collections => {
-                    let rows: Vec<(i32, i64)> = user_collections::table
+                    let rows: Vec<(i32, Ms)> = user_collections::table
                         .filter(user_collections::userid.eq(uid))
                         .filter(user_collections::collection.ne(TOMBSTONE))
-                        .filter(user_collections::last_modified.gt(0i64))
+                        .filter(user_collections::last_modified.gt(Ms(0)))
                         .select((user_collections::collection, user_collections::last_modified))
                         .load(conn)$($aw)*?;
-                    let rows = rows.into_iter().map(|(c, m)| (c, SyncTimestamp::from_i64(m))).collect();
+                    let rows = rows.into_iter().map(|(c, Ms(m))| (c, SyncTimestamp::from_i64(m))).collect();
                     InfoBody::Timestamps(named(conn, rows)$($aw)*?)
                 }
                 InfoKind::Counts => {
                     let rows: Vec<(i32, i64)> = bso::table
                         .filter(bso::userid.eq(uid))
-                        .filter(bso::ttl.gt(now))
+                        .filter(bso::ttl.gt(Ms(now)))
                         .group_by(bso::collection)
                         .select((bso::collection, count_star()))
                         .load(conn)$($aw)*?;
@@ -222,14 +231,14 @@ macro_rules! storage_ops {
                 query = query.filter(bso::id.eq_any(q.ids.clone()));
             }
             if let Some(newer) = q.newer {
-                query = query.filter(bso::modified.gt(newer.as_i64()));
+                query = query.filter(bso::modified.gt(Ms(newer.as_i64())));
             }
             if let Some(older) = q.older {
-                query = query.filter(bso::modified.lt(older.as_i64()));
+                query = query.filter(bso::modified.lt(Ms(older.as_i64())));
             }
             query = match (q.sort, q.offset.bound) {
-                (Sort::Newest, Some(b)) => query.filter(bso::modified.le(b)),
-                (Sort::Oldest, Some(b)) => query.filter(bso::modified.ge(b)),
+                (Sort::Newest, Some(b)) => query.filter(bso::modified.le(Ms(b))),
+                (Sort::Oldest, Some(b)) => query.filter(bso::modified.ge(Ms(b))),
                 _ => query,
             };
             query = match q.sort {
@@ -243,9 +252,9 @@ macro_rules! storage_ops {
             } else {
                 query
                     .select((bso::id, bso::modified))
-                    .load::<(String, i64)>(conn)$($aw)*?
+                    .load::<(String, Ms)>(conn)$($aw)*?
                     .into_iter()
-                    .map(|(id, modified)| StoredBso { id, payload: String::new(), sortindex: None, modified, expiry: 0 })
+                    .map(|(id, Ms(modified))| StoredBso { id, payload: String::new(), sortindex: None, modified, expiry: 0 })
                     .collect()
             };
             let more = rows.len() > limit as usize;
@@ -276,7 +285,6 @@ macro_rules! storage_ops {
 
         /// Replaces the rows for these ids (delete then insert: the same SQL on every engine).
         $($asy)* fn write_rows(conn: &mut Conn, uid: i64, cid: i32, rows: &[StoredBso]) -> QueryResult<()> {
-            ensure_collection_row(conn, uid, cid)$($aw)*?;
             for chunk in rows.chunks(CHUNK) {
                 let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
                 diesel::delete(
@@ -541,7 +549,7 @@ macro_rules! storage_ops {
         /// Removes expired records and expired batches (with their staged items) of every user.
         pub $($asy)* fn purge_expired(conn: &mut Conn, now: SyncTimestamp) -> ApiResult<PurgeStats> {
             let now = now.as_i64();
-            let bsos = diesel::delete(bso::table.filter(bso::ttl.le(now))).execute(conn)$($aw)*?;
+            let bsos = diesel::delete(bso::table.filter(bso::ttl.le(Ms(now)))).execute(conn)$($aw)*?;
             let batches = purge_batches(conn, now)$($aw)*?;
             Ok(PurgeStats { bsos, batches })
         }

@@ -1,0 +1,6 @@
+DROP TABLE IF EXISTS batch_bsos;
+DROP TABLE IF EXISTS batches;
+DROP TABLE IF EXISTS bsos;
+DROP TABLE IF EXISTS user_collections;
+DROP TABLE IF EXISTS collections;
+DROP TYPE IF EXISTS post_bso;

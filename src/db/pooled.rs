@@ -1,0 +1,283 @@
+//! What the server-database backends (MySQL, PostgreSQL) share: a deadpool of diesel-async
+//! connections, units of work run on tasks of their own, transient-conflict retries, and the
+//! `StorageDb` impl itself, generated per backend by `pooled_backend!` around that backend's
+//! `ops` module (its instance of `storage_ops!`).
+
+use std::future::Future;
+
+use crate::error::{ApiError, ApiResult};
+
+/// How often a write unit of work that lost a deadlock or an insert race is run again before
+/// the client gets 503.
+pub const WRITE_ATTEMPTS: u64 = 5;
+
+/// Runs a unit of work on its own task, so it completes (commit or rollback) even when the
+/// client goes away mid-request.
+pub async fn detached<T: Send + 'static>(
+    fut: impl Future<Output = ApiResult<T>> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::spawn(fut)
+        .await
+        .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+}
+
+/// Defines `$Storage` (pool + config) and its `StorageDb` impl over the `ops` module in scope.
+/// `$before_write` is SQL run before each write transaction (e.g. its isolation level).
+#[macro_export]
+macro_rules! pooled_backend {
+    ($Storage:ident, $Conn:ty, $before_write:expr) => {
+        pub struct $Storage {
+            pool: diesel_async::pooled_connection::deadpool::Pool<$Conn>,
+            config: std::sync::Arc<$crate::db::StorageConfig>,
+            settings: $crate::db::sql::PoolSettings,
+        }
+
+        impl $Storage {
+            /// Runs the embedded migrations on a blocking wrapper connection in a thread of its
+            /// own (the migration harness is synchronous). Idempotent; the version names match
+            /// upstream's, so a database syncstorage-rs created is recognised as migrated.
+            pub fn run_migrations(url: &str) -> Result<(), String> {
+                use diesel::Connection;
+                use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+                use diesel_migrations::MigrationHarness;
+                let url = url.to_owned();
+                std::thread::spawn(move || {
+                    let mut conn = <AsyncConnectionWrapper<$Conn> as Connection>::establish(&url)
+                        .map_err(|e| format!("syncstorage.database_url: cannot connect: {e}"))?;
+                    conn.run_pending_migrations(MIGRATIONS).map(|_| ()).map_err(|e| format!("migrations failed: {e}"))
+                })
+                .join()
+                .map_err(|_| "migrations panicked".to_owned())?
+            }
+
+            /// Migrates (unless switched off) and builds the pool; connections are made on
+            /// demand, so a database that is down now is a 503 later, not a start-up failure.
+            pub fn open(
+                url: &str,
+                settings: &$crate::db::sql::PoolSettings,
+                config: $crate::db::StorageConfig,
+            ) -> Result<Self, String> {
+                if settings.run_migrations {
+                    Self::run_migrations(url)?;
+                }
+                let manager = diesel_async::pooled_connection::AsyncDieselConnectionManager::<$Conn>::new(url);
+                let pool = diesel_async::pooled_connection::deadpool::Pool::builder(manager)
+                    .max_size(settings.max_size.max(1) as usize)
+                    .build()
+                    .map_err(|e| format!("syncstorage.database_url: {e}"))?;
+                Ok($Storage { pool, config: std::sync::Arc::new(config), settings: settings.clone() })
+            }
+        }
+
+        /// Checks out a connection, giving up after the pool timeout with a 503 (the database
+        /// is down or saturated: clients retry later). Connections past their lifespan or idle
+        /// limit are replaced.
+        async fn connection(
+            pool: &diesel_async::pooled_connection::deadpool::Pool<$Conn>,
+            settings: &$crate::db::sql::PoolSettings,
+        ) -> $crate::error::ApiResult<diesel_async::pooled_connection::deadpool::Object<$Conn>> {
+            use diesel_async::pooled_connection::deadpool::Object;
+            use $crate::error::{ApiError, ErrorKind};
+            let wait = std::time::Duration::from_secs(u64::from(settings.connection_timeout_secs.max(1)));
+            loop {
+                let obj = tokio::time::timeout(wait, pool.get())
+                    .await
+                    .map_err(|_| ApiError::new(ErrorKind::Conflict, "database pool timeout"))?
+                    .map_err(|e| ApiError::new(ErrorKind::Conflict, format!("database unavailable: {e}")))?;
+                let metrics = Object::metrics(&obj);
+                let secs = |s: u32| std::time::Duration::from_secs(s.into());
+                let too_old = settings.connection_lifespan_secs.is_some_and(|s| metrics.age() > secs(s));
+                let idle_too_long = settings.connection_max_idle_secs.is_some_and(|s| metrics.last_used() > secs(s));
+                if too_old || idle_too_long {
+                    let _ = Object::take(obj);
+                    continue;
+                }
+                return Ok(obj);
+            }
+        }
+
+        /// A read-only unit of work on one snapshot: `|conn, config| body`.
+        macro_rules! read_unit {
+            ($self:ident, |$conn:ident, $config:ident| $body:expr) => {{
+                let pool = $self.pool.clone();
+                let settings = $self.settings.clone();
+                let config = $self.config.clone();
+                $crate::db::pooled::detached(async move {
+                    use diesel_async::AsyncConnection;
+                    let mut obj = connection(&pool, &settings).await?;
+                    let conn: &mut $Conn = &mut obj;
+                    conn.transaction(async |$conn| {
+                        let $config: &$crate::db::StorageConfig = &config;
+                        let _ = $config;
+                        $body
+                    })
+                    .await
+                })
+                .await
+            }};
+        }
+
+        /// A write unit of work on `(uid, collection)`: `|conn, scope, config| body`, run
+        /// again when it lost a deadlock or an insert race (it was rolled back whole).
+        macro_rules! write_unit {
+            ($self:ident, $uid:expr, $collection:expr, |$conn:ident, $scope:ident, $config:ident| $body:expr) => {{
+                let pool = $self.pool.clone();
+                let settings = $self.settings.clone();
+                let config = $self.config.clone();
+                let uid: i64 = $uid;
+                let collection: Option<String> = $collection;
+                $crate::db::pooled::detached(async move {
+                    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+                    let mut obj = connection(&pool, &settings).await?;
+                    let conn: &mut $Conn = &mut obj;
+                    if let Some(name) = &collection {
+                        // The global name mapping is made in its own statement, so that two
+                        // writers creating it at once cannot fail each other's units of work.
+                        if ops::get_or_create_collection_id(conn, name).await.is_err() {
+                            ops::collection_id(conn, name).await?;
+                        }
+                    }
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        let before: &str = $before_write;
+                        if !before.is_empty() {
+                            conn.batch_execute(before).await?;
+                        }
+                        let result = conn
+                            .transaction(async |$conn| {
+                                let scope = ops::begin_write($conn, uid, collection.as_deref()).await?;
+                                let $scope = &scope;
+                                let $config: &$crate::db::StorageConfig = &config;
+                                let _ = $config;
+                                $body
+                            })
+                            .await;
+                        match result {
+                            Err(e)
+                                if $crate::db::sql::is_transient(&e)
+                                    && attempt < $crate::db::pooled::WRITE_ATTEMPTS =>
+                            {
+                                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+                            }
+                            other => return other,
+                        }
+                    }
+                })
+                .await
+            }};
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::db::StorageDb for $Storage {
+            async fn info(
+                &self,
+                user: &$crate::db::UserId,
+                kind: $crate::db::InfoKind,
+                precondition: $crate::protocol::Precondition,
+            ) -> $crate::error::ApiResult<$crate::db::Info> {
+                let uid = user.legacy_id as i64;
+                read_unit!(self, |conn, _config| ops::info(conn, uid, kind, precondition).await)
+            }
+
+            async fn get_bsos(&self, params: $crate::db::GetBsos) -> $crate::error::ApiResult<$crate::db::BsoPage> {
+                read_unit!(self, |conn, config| ops::get_bsos(conn, config, params.clone()).await)
+            }
+
+            async fn get_bso(&self, params: $crate::db::BsoRef) -> $crate::error::ApiResult<$crate::protocol::Bso> {
+                read_unit!(self, |conn, _config| ops::get_bso(conn, params.clone()).await)
+            }
+
+            async fn put_bso(&self, params: $crate::db::PutBso) -> $crate::error::ApiResult<$crate::protocol::SyncTimestamp> {
+                let (uid, collection) = (params.target.user.legacy_id as i64, params.target.collection.clone());
+                write_unit!(self, uid, Some(collection), |conn, scope, config| ops::put_bso(
+                    conn,
+                    scope,
+                    config,
+                    params.clone()
+                )
+                .await)
+            }
+
+            async fn post_bsos(&self, params: $crate::db::PostBsos) -> $crate::error::ApiResult<$crate::db::PostResult> {
+                let (uid, collection) = (params.target.user.legacy_id as i64, params.target.collection.clone());
+                write_unit!(self, uid, Some(collection), |conn, scope, config| ops::post_bsos(
+                    conn,
+                    scope,
+                    config,
+                    params.clone()
+                )
+                .await)
+            }
+
+            async fn delete_bso(&self, params: $crate::db::BsoRef) -> $crate::error::ApiResult<$crate::protocol::SyncTimestamp> {
+                let (uid, collection) = (params.user.legacy_id as i64, params.collection.clone());
+                write_unit!(self, uid, Some(collection), |conn, scope, config| ops::delete_bso(
+                    conn,
+                    scope,
+                    config,
+                    params.clone()
+                )
+                .await)
+            }
+
+            async fn delete_bsos(&self, params: $crate::db::DeleteBsos) -> $crate::error::ApiResult<$crate::protocol::SyncTimestamp> {
+                let (uid, collection) = (params.target.user.legacy_id as i64, params.target.collection.clone());
+                write_unit!(self, uid, Some(collection), |conn, scope, config| ops::delete_bsos(
+                    conn,
+                    scope,
+                    config,
+                    params.clone()
+                )
+                .await)
+            }
+
+            async fn delete_collection(
+                &self,
+                params: $crate::db::CollectionRef,
+            ) -> $crate::error::ApiResult<$crate::db::DeletedCollection> {
+                let (uid, collection) = (params.user.legacy_id as i64, params.collection.clone());
+                write_unit!(self, uid, Some(collection), |conn, scope, _config| ops::delete_collection(
+                    conn,
+                    scope,
+                    params.clone()
+                )
+                .await)
+            }
+
+            async fn delete_storage(
+                &self,
+                user: &$crate::db::UserId,
+                precondition: $crate::protocol::Precondition,
+            ) -> $crate::error::ApiResult<$crate::protocol::SyncTimestamp> {
+                let uid = user.legacy_id as i64;
+                write_unit!(self, uid, None, |conn, scope, _config| ops::delete_storage(conn, scope.uid, precondition)
+                    .await)
+            }
+
+            async fn check(&self) -> $crate::error::ApiResult<()> {
+                let pool = self.pool.clone();
+                let settings = self.settings.clone();
+                $crate::db::pooled::detached(async move {
+                    let mut obj = connection(&pool, &settings).await?;
+                    ops::ping(&mut obj).await
+                })
+                .await
+            }
+
+            async fn purge_expired(&self) -> $crate::error::ApiResult<$crate::db::PurgeStats> {
+                read_unit!(self, |conn, _config| ops::purge_expired(conn, $crate::protocol::SyncTimestamp::now()).await)
+            }
+
+            fn pool_state(&self) -> $crate::db::PoolState {
+                let status = self.pool.status();
+                let idle = status.available as u32;
+                $crate::db::PoolState {
+                    active: (status.size as u32).saturating_sub(idle),
+                    idle,
+                    max_size: status.max_size as u32,
+                }
+            }
+        }
+    };
+}

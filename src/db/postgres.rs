@@ -1,0 +1,297 @@
+//! The PostgreSQL backend: syncstorage-rs's PostgreSQL tables (SPEC 5.2: `TIMESTAMPTZ`
+//! timestamps, foreign keys to `user_collections`, UUID batch ids in `batches`/`batch_bsos`),
+//! diesel-async over the pure-Rust tokio-postgres driver. A write locks the user's collection
+//! row (`FOR UPDATE`, creating it as a "pre-touched" row first), so concurrent writers to one
+//! collection serialize.
+
+use diesel_async::AsyncPgConnection;
+
+pub const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("migrations/postgres");
+
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+// READ COMMITTED is PostgreSQL's default: each statement sees what other writers committed.
+crate::pooled_backend!(PostgresStorage, AsyncPgConnection, "");
+
+/// The shared operations, compiled for diesel-async's PostgreSQL connection, and this layout's
+/// records and batches.
+mod ops {
+    use diesel::prelude::Insertable;
+    use diesel_async::RunQueryDsl;
+
+    use crate::db::sql::schema_pg::{batch_bsos, batches};
+
+    pub type Conn = diesel_async::AsyncPgConnection;
+    type Db = diesel::pg::Pg;
+
+    /// Bytes, not characters.
+    const BSO_BYTES_SUM: &str = "SUM(octet_length(payload))::BIGINT";
+
+    /// 0001-01-01T00:00:00Z: upstream's marker for a row that exists only for the foreign keys.
+    const PRE_TOUCH_MS: i64 = -62_135_596_800_000;
+
+    /// Locks the user's collection row until the transaction ends, creating it (pre-touched)
+    /// first so that even the first writers of a new collection serialize on it.
+    async fn lock_collection_ts(
+        conn: &mut Conn,
+        uid: i64,
+        cid: i32,
+    ) -> QueryResult<Option<SyncTimestamp>> {
+        diesel::insert_into(user_collections::table)
+            .values((
+                user_collections::userid.eq(uid),
+                user_collections::collection.eq(cid),
+                user_collections::last_modified.eq(Ms(PRE_TOUCH_MS)),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+        Ok(user_collections::table
+            .find((uid, cid))
+            .select(user_collections::last_modified)
+            .for_update()
+            .first::<Ms>(conn)
+            .await
+            .optional()?
+            .map(|Ms(ms)| SyncTimestamp::from_i64(ms)))
+    }
+
+    async fn pause(ms: u64) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+
+    crate::storage_ops!(schema = crate::db::sql::schema_pg, [async] [.await]);
+
+    // ---- this layout's records and batches ----
+
+    pub type BatchKey = uuid::Uuid;
+
+    #[derive(Insertable)]
+    #[diesel(table_name = bso)]
+    struct NewBso<'a> {
+        userid: i64,
+        collection: i32,
+        id: &'a str,
+        sortindex: Option<i32>,
+        payload: &'a str,
+        modified: Ms,
+        ttl: Ms,
+    }
+
+    #[derive(Insertable)]
+    #[diesel(table_name = batch_bsos)]
+    struct NewBatchBso<'a> {
+        user_id: i64,
+        collection_id: i32,
+        batch_id: uuid::Uuid,
+        batch_bso_id: &'a str,
+        sortindex: Option<i32>,
+        payload: Option<&'a str>,
+        ttl: Option<i64>,
+    }
+
+    /// Inserts rows whose ids are known to be absent.
+    async fn insert_bso_rows(
+        conn: &mut Conn,
+        uid: i64,
+        cid: i32,
+        rows: &[StoredBso],
+    ) -> QueryResult<()> {
+        let values: Vec<NewBso<'_>> = rows
+            .iter()
+            .map(|r| NewBso {
+                userid: uid,
+                collection: cid,
+                id: &r.id,
+                sortindex: r.sortindex,
+                payload: &r.payload,
+                modified: Ms(r.modified),
+                ttl: Ms(r.expiry),
+            })
+            .collect();
+        diesel::insert_into(bso::table)
+            .values(values)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Upstream's form: a hyphenated UUIDv4.
+    fn encode_batch(key: BatchKey) -> String {
+        key.hyphenated().to_string()
+    }
+
+    /// Staged records go with their batch (ON DELETE CASCADE).
+    async fn drop_batch(conn: &mut Conn, scope: &WriteScope, key: BatchKey) -> QueryResult<()> {
+        diesel::delete(
+            batches::table
+                .filter(batches::user_id.eq(scope.uid))
+                .filter(batches::collection_id.eq(scope.cid))
+                .filter(batches::batch_id.eq(key)),
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn drop_collection_batches(conn: &mut Conn, uid: i64, cid: i32) -> QueryResult<()> {
+        diesel::delete(
+            batches::table
+                .filter(batches::user_id.eq(uid))
+                .filter(batches::collection_id.eq(cid)),
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn drop_user_batches(conn: &mut Conn, uid: i64) -> QueryResult<()> {
+        diesel::delete(batches::table.filter(batches::user_id.eq(uid)))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_batches(conn: &mut Conn, now: i64) -> QueryResult<usize> {
+        diesel::delete(batches::table.filter(batches::expiry.le(Ms(now))))
+            .execute(conn)
+            .await
+    }
+
+    fn staged_query(scope: &WriteScope, batch: BatchKey) -> batch_bsos::BoxedQuery<'static, Db> {
+        batch_bsos::table
+            .filter(batch_bsos::user_id.eq(scope.uid))
+            .filter(batch_bsos::collection_id.eq(scope.cid))
+            .filter(batch_bsos::batch_id.eq(batch))
+            .into_boxed()
+    }
+
+    async fn staged_items(
+        conn: &mut Conn,
+        scope: &WriteScope,
+        batch: BatchKey,
+        ids: Option<&[String]>,
+    ) -> QueryResult<Vec<BsoUpdate>> {
+        type Row = (String, Option<i32>, Option<String>, Option<i64>);
+        let columns = (
+            batch_bsos::batch_bso_id,
+            batch_bsos::sortindex,
+            batch_bsos::payload,
+            batch_bsos::ttl,
+        );
+        let mut rows: Vec<Row> = Vec::new();
+        match ids {
+            None => {
+                rows = staged_query(scope, batch)
+                    .select(columns)
+                    .order(batch_bsos::batch_bso_id)
+                    .load(conn)
+                    .await?
+            }
+            Some(ids) => {
+                for chunk in ids.chunks(CHUNK) {
+                    let found: Vec<Row> = staged_query(scope, batch)
+                        .filter(batch_bsos::batch_bso_id.eq_any(chunk))
+                        .select(columns)
+                        .load(conn)
+                        .await?;
+                    rows.extend(found);
+                }
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(id, sortindex, payload, ttl)| BsoUpdate {
+                id,
+                payload,
+                sortindex,
+                ttl: ttl.map(|t| t.clamp(0, i64::from(u32::MAX)) as u32),
+            })
+            .collect())
+    }
+
+    async fn put_staged(
+        conn: &mut Conn,
+        scope: &WriteScope,
+        batch: BatchKey,
+        merged: &[BsoUpdate],
+    ) -> QueryResult<()> {
+        for chunk in merged.chunks(CHUNK) {
+            let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
+            diesel::delete(
+                batch_bsos::table
+                    .filter(batch_bsos::user_id.eq(scope.uid))
+                    .filter(batch_bsos::collection_id.eq(scope.cid))
+                    .filter(batch_bsos::batch_id.eq(batch))
+                    .filter(batch_bsos::batch_bso_id.eq_any(chunk_ids)),
+            )
+            .execute(conn)
+            .await?;
+            let values: Vec<NewBatchBso<'_>> = chunk
+                .iter()
+                .map(|u| NewBatchBso {
+                    user_id: scope.uid,
+                    collection_id: scope.cid,
+                    batch_id: batch,
+                    batch_bso_id: &u.id,
+                    sortindex: u.sortindex,
+                    payload: u.payload.as_deref(),
+                    ttl: u.ttl.map(i64::from),
+                })
+                .collect();
+            diesel::insert_into(batch_bsos::table)
+                .values(values)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn staged_totals(
+        conn: &mut Conn,
+        scope: &WriteScope,
+        batch: BatchKey,
+    ) -> QueryResult<(i64, i64)> {
+        let (records, bytes): (i64, Option<i64>) = staged_query(scope, batch)
+            .select((count_star(), sql::<Nullable<BigInt>>(BSO_BYTES_SUM)))
+            .first(conn)
+            .await?;
+        Ok((records, bytes.unwrap_or(0)))
+    }
+
+    /// The batch if it exists for this user and collection and has not expired.
+    async fn find_batch(conn: &mut Conn, scope: &WriteScope, id: &str) -> ApiResult<BatchKey> {
+        let key = uuid::Uuid::parse_str(id.trim())
+            .map_err(|_| ApiError::bad_request("invalid batch id"))?;
+        let expiry: Option<Ms> = batches::table
+            .filter(batches::user_id.eq(scope.uid))
+            .filter(batches::collection_id.eq(scope.cid))
+            .filter(batches::batch_id.eq(key))
+            .select(batches::expiry)
+            .first(conn)
+            .await
+            .optional()?;
+        match expiry {
+            Some(Ms(expiry)) if expiry > scope.t.as_i64() => Ok(key),
+            _ => Err(ApiError::bad_request("batch not found")),
+        }
+    }
+
+    async fn create_batch(conn: &mut Conn, scope: &WriteScope) -> ApiResult<BatchKey> {
+        // The collection row exists: begin_write locked (and if need be created) it.
+        let key = uuid::Uuid::new_v4();
+        diesel::insert_into(batches::table)
+            .values((
+                batches::user_id.eq(scope.uid),
+                batches::collection_id.eq(scope.cid),
+                batches::batch_id.eq(key),
+                batches::expiry.eq(Ms(scope.t.as_i64() + batch_id::BATCH_LIFETIME_MS)),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(key)
+    }
+}
