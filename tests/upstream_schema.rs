@@ -1,5 +1,5 @@
-//! A database created by syncstorage-rs's own MySQL migrations, holding data upstream wrote,
-//! is read and written correctly, and our migrations leave it as it is.
+//! A database created by syncstorage-rs's own migrations (MySQL, PostgreSQL), holding data
+//! upstream wrote, is read and written correctly, and our migrations leave it as it is.
 #[macro_use]
 mod common;
 
@@ -101,6 +101,84 @@ async fn upstream_mysql_database_is_read_and_written() {
              WHERE table_schema = DATABASE() AND table_name = 'bso'"
         ),
         8
+    );
+    drop(upstream);
+}
+
+#[tokio::test]
+async fn upstream_postgres_database_is_read_and_written() {
+    if common::backends::current() != Some("postgres") {
+        return;
+    }
+    let upstream = common::backends::ScratchDatabase::create().unwrap();
+    common::backends::admin_exec(
+        &upstream.url,
+        include_str!("fixtures/upstream_postgres.sql"),
+    );
+    let url = upstream.url.clone();
+    let server = TestServer::start_with(|s| s.syncstorage.database_url = Some(url)).await;
+    let user = server.user(7);
+
+    // The pre-touched tabs row (an open batch, nothing committed) is not a collection.
+    let r = user.get("/info/collections").await;
+    assert_eq!(
+        r.json(),
+        json!({"bookmarks": 1700000000.12, "custom": 1700000000.25})
+    );
+    assert_eq!(r.header("X-Last-Modified"), Some("1700000000.30"));
+    let r = user.get("/storage/bookmarks?full=1&sort=oldest").await;
+    assert_eq!(
+        r.json(),
+        json!([
+            {"id": "b1", "modified": 1700000000.10, "payload": "first payload", "sortindex": 5},
+            {"id": "b2", "modified": 1700000000.12, "payload": "second"}
+        ])
+    );
+    assert_eq!(
+        user.get("/info/collection_usage").await.json()["bookmarks"],
+        json!(19.0 / 1024.0)
+    );
+
+    // The batch upstream opened commits here.
+    let r = user
+        .post(
+            "/storage/tabs?batch=6f1c6f9e-2b1e-4c57-9d43-3c6f5a3b2a10&commit=true",
+            json!([{"id": "t2"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids_in(&user, "tabs").await, set(["t1", "t2"]));
+    assert_eq!(
+        user.get("/storage/tabs/t1").await.json()["payload"],
+        "staged by upstream"
+    );
+
+    // Writes: an update keeps the sortindex, a new custom collection gets the next id.
+    assert_eq!(
+        user.put("/storage/bookmarks/b1", json!({"payload": "updated"}))
+            .await
+            .status,
+        200
+    );
+    let r = user.get("/storage/bookmarks/b1").await.json();
+    assert_eq!(
+        (r["payload"].clone(), r["sortindex"].clone()),
+        (json!("updated"), json!(5))
+    );
+    assert_eq!(
+        user.put("/storage/another/x", json!({"payload": "y"}))
+            .await
+            .status,
+        200
+    );
+    let mut conn = db(&server);
+    assert_eq!(collection_id(&mut conn, "another"), 102);
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS v FROM __diesel_schema_migrations"
+        ),
+        1
     );
     drop(upstream);
 }
