@@ -9,7 +9,7 @@ use crate::error::{ApiError, ApiResult};
 
 /// How often a write unit of work that lost a deadlock or an insert race is run again before
 /// the client gets 503.
-pub const WRITE_ATTEMPTS: u64 = 5;
+pub const WRITE_ATTEMPTS: u64 = 8;
 
 /// Runs a unit of work on its own task, so it completes (commit or rollback) even when the
 /// client goes away mid-request.
@@ -158,7 +158,9 @@ macro_rules! pooled_backend {
                                 if $crate::db::sql::is_transient(&e)
                                     && attempt < $crate::db::pooled::WRITE_ATTEMPTS =>
                             {
-                                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+                                // Jittered, so that the losers of one deadlock do not meet again.
+                                let jitter = rand::random::<u64>() % 10;
+                                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt + jitter)).await;
                             }
                             other => return other,
                         }
