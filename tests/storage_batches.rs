@@ -845,6 +845,43 @@ async fn empty_commit_bodies() {
     }
 }
 
+/// Case 82 on PostgreSQL, whose batches carry an `expiry` column (SPEC 5.2): once it has
+/// passed, the batch is gone for append and commit; a live one still works.
+#[tokio::test]
+async fn postgres_batches_expire_by_their_expiry_column() {
+    let server = TestServer::start().await;
+    if mysql_layout(&server) {
+        return; // the MySQL layout is covered by batches_expire_after_two_hours
+    }
+    let user = server.user(16);
+    let old = open_batch(&user, "col", json!([{"id": "a", "payload": "A"}])).await;
+    let live = open_batch(&user, "col", json!([{"id": "b", "payload": "B"}])).await;
+    let n = sql_query(
+        "UPDATE batches SET expiry = now() - interval '11 milliseconds' WHERE batch_id = ?::uuid",
+    )
+    .bind(old.as_str())
+    .execute(&mut db(&server))
+    .unwrap();
+    assert_eq!(n, 1);
+    assert_error(
+        &append(&user, "col", &old, json!([{"id": "c"}])).await,
+        400,
+        "0",
+        "append to an expired batch",
+    );
+    assert_error(
+        &commit(&user, "col", &old, json!([])).await,
+        400,
+        "0",
+        "commit of an expired batch",
+    );
+    assert_eq!(commit(&user, "col", &live, json!([])).await.status, 200);
+    assert_eq!(
+        sorted_ids(&user.get("/storage/col").await.json()),
+        strs(&["b"])
+    );
+}
+
 /// Case 82: a batch older than 2 h (its id's time, SPEC 5.1) is gone for append and commit.
 #[tokio::test]
 async fn batches_expire_after_two_hours() {
