@@ -31,30 +31,8 @@ mod ops {
     const BSO_BYTES_SUM: &str = "CAST(SUM(LENGTH(payload)) AS SIGNED)";
     const STAGED_BYTES_SUM: &str = "CAST(SUM(payload_size) AS SIGNED)";
 
-    /// Locks the user's collection row until the transaction ends. The row is created first
-    /// (last_modified 0, which every read ignores) when missing: InnoDB at READ COMMITTED
-    /// does not lock a row that does not exist, and the first writers of a new collection
-    /// must serialize too.
-    async fn lock_collection_ts(
-        conn: &mut Conn,
-        uid: i64,
-        cid: i32,
-    ) -> QueryResult<Option<SyncTimestamp>> {
-        async fn locked(conn: &mut Conn, uid: i64, cid: i32) -> QueryResult<Option<SyncTimestamp>> {
-            Ok(user_collections::table
-                .find((uid, cid))
-                .select(user_collections::last_modified)
-                .for_update()
-                .first::<Ms>(conn)
-                .await
-                .optional()?
-                .map(|Ms(ms)| SyncTimestamp::from_i64(ms)))
-        }
-        if let Some(ts) = locked(conn, uid, cid).await? {
-            return Ok(Some(ts));
-        }
-        // Only when missing: INSERT IGNORE on an existing row would take a shared lock that
-        // concurrent writers then deadlock upgrading.
+    /// The invisible placeholder row (last_modified 0, which every read ignores).
+    async fn insert_placeholder(conn: &mut Conn, uid: i64, cid: i32) -> QueryResult<usize> {
         diesel::insert_or_ignore_into(user_collections::table)
             .values((
                 user_collections::userid.eq(uid),
@@ -62,9 +40,10 @@ mod ops {
                 user_collections::last_modified.eq(Ms(0)),
             ))
             .execute(conn)
-            .await?;
-        locked(conn, uid, cid).await
+            .await
     }
+
+    crate::locking_collection_ts!();
 
     async fn pause(ms: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;

@@ -283,3 +283,40 @@ macro_rules! pooled_backend {
         }
     };
 }
+
+/// `lock_collection_ts` for the server engines, around the backend's `insert_placeholder`:
+/// locks the user's collection row (`FOR UPDATE`) until the transaction ends. Neither engine
+/// locks a row that does not exist, so a missing row is first created as an invisible
+/// placeholder, and the first writers of a new collection serialize too. The placeholder is
+/// inserted only when missing: on MySQL, `INSERT IGNORE` over an existing row takes a shared
+/// lock that concurrent writers would then deadlock upgrading.
+#[macro_export]
+macro_rules! locking_collection_ts {
+    () => {
+        async fn lock_collection_ts(
+            conn: &mut Conn,
+            uid: i64,
+            cid: i32,
+        ) -> QueryResult<Option<SyncTimestamp>> {
+            async fn locked(
+                conn: &mut Conn,
+                uid: i64,
+                cid: i32,
+            ) -> QueryResult<Option<SyncTimestamp>> {
+                Ok(user_collections::table
+                    .find((uid, cid))
+                    .select(user_collections::last_modified)
+                    .for_update()
+                    .first::<Ms>(conn)
+                    .await
+                    .optional()?
+                    .map(|Ms(ms)| SyncTimestamp::from_i64(ms)))
+            }
+            if let Some(ts) = locked(conn, uid, cid).await? {
+                return Ok(Some(ts));
+            }
+            insert_placeholder(conn, uid, cid).await?;
+            locked(conn, uid, cid).await
+        }
+    };
+}

@@ -33,13 +33,8 @@ mod ops {
     /// 0001-01-01T00:00:00Z: upstream's marker for a row that exists only for the foreign keys.
     const PRE_TOUCH_MS: i64 = -62_135_596_800_000;
 
-    /// Locks the user's collection row until the transaction ends, creating it (pre-touched)
-    /// first so that even the first writers of a new collection serialize on it.
-    async fn lock_collection_ts(
-        conn: &mut Conn,
-        uid: i64,
-        cid: i32,
-    ) -> QueryResult<Option<SyncTimestamp>> {
+    /// Upstream's pre-touched row, which every read ignores; the foreign keys need it too.
+    async fn insert_placeholder(conn: &mut Conn, uid: i64, cid: i32) -> QueryResult<usize> {
         diesel::insert_into(user_collections::table)
             .values((
                 user_collections::userid.eq(uid),
@@ -48,16 +43,10 @@ mod ops {
             ))
             .on_conflict_do_nothing()
             .execute(conn)
-            .await?;
-        Ok(user_collections::table
-            .find((uid, cid))
-            .select(user_collections::last_modified)
-            .for_update()
-            .first::<Ms>(conn)
             .await
-            .optional()?
-            .map(|Ms(ms)| SyncTimestamp::from_i64(ms)))
     }
+
+    crate::locking_collection_ts!();
 
     async fn pause(ms: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
