@@ -376,3 +376,27 @@ async fn preconditions_usage_purge_and_health() {
     let pool = b.db.pool_state();
     assert!(pool.max_size >= 1 && pool.active <= pool.max_size);
 }
+
+// Ids are compared exactly on every engine: case matters, and so does a trailing space
+// (MySQL's PAD SPACE collations would make "a" and "a " one key).
+#[tokio::test]
+async fn ids_are_exact() {
+    let b = open(false, 1);
+    for id in ["a", "a ", "A"] {
+        put(&b, 5, "c", upd(id, Some(id), None, None)).await;
+    }
+    assert_eq!(ids(&b, 5, "c").await, vec!["A", "a", "a "]);
+    assert_eq!(get(&b, 5, "c", "a ").await.unwrap().payload, "a ");
+    let r = post(
+        &b,
+        5,
+        "d",
+        vec![
+            upd("x", Some("1"), None, None),
+            upd("x ", Some("2"), None, None),
+        ],
+        BatchRequest::None,
+    )
+    .await;
+    assert_eq!(r.success.len(), 2);
+}

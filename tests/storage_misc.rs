@@ -1879,3 +1879,80 @@ async fn bad_query_parameters_are_400() {
         .await;
     assert_error(&r, 406, "0", "Accept: x/yy");
 }
+
+// SPEC 1.12 check order: body and Content-Type problems are reported before batch parameters
+// and X-If-* syntax.
+#[tokio::test]
+async fn errors_come_in_the_protocol_check_order() {
+    let server = TestServer::start().await;
+    let user = server.user(31);
+    let r = user
+        .send(
+            user.request(Method::POST, "/storage/col?commit=true")
+                .header("Content-Type", "application/octet-stream")
+                .body("[]"),
+        )
+        .await;
+    assert_error(
+        &r,
+        415,
+        "0",
+        "bad Content-Type before a bad batch parameter",
+    );
+    let r = user
+        .send(
+            user.request(Method::POST, "/storage/col?commit=true")
+                .header("Content-Type", "application/json")
+                .body("{"),
+        )
+        .await;
+    assert_error(&r, 400, "8", "bad body before a bad batch parameter");
+    let r = user
+        .send(
+            user.request(Method::PUT, "/storage/col/a")
+                .header("Content-Type", "application/octet-stream")
+                .header("X-If-Unmodified-Since", "abc")
+                .body("{}"),
+        )
+        .await;
+    assert_error(
+        &r,
+        415,
+        "0",
+        "bad Content-Type before bad X-If-Unmodified-Since",
+    );
+    assert_eq!(user.get("/storage/col").await.json(), json!([]));
+}
+
+// Client values no engine can store get the protocol's answers, never a 500: a payload with
+// U+0000, timestamps far beyond any real one.
+#[tokio::test]
+async fn values_engines_cannot_store_are_refused_cleanly() {
+    let server = TestServer::start().await;
+    let user = server.user(32);
+    let r = user
+        .put("/storage/col/a", json!({"payload": "a\u{0}b"}))
+        .await;
+    assert_error(&r, 400, "8", "PUT payload with U+0000");
+    let r = user
+        .post(
+            "/storage/col",
+            json!([{"id": "b", "payload": "x\u{0}"}, {"id": "c", "payload": "ok"}]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["success"], json!(["c"]));
+    assert!(r.json()["failed"]["b"].is_string());
+    for q in [
+        "newer=10000000000000",
+        "older=99999999999999.99",
+        "sort=newest&offset=9223372036854775807:0",
+    ] {
+        let r = user.get(&format!("/storage/col?{q}")).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+    }
+    assert_eq!(
+        user.get("/storage/col?newer=10000000000000").await.json(),
+        json!([])
+    );
+}

@@ -17,7 +17,9 @@ pub fn is_mysql_url(url: &str) -> bool {
 crate::pooled_backend!(
     MysqlStorage,
     AsyncMysqlConnection,
-    "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+    before_write = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+    // InnoDB's default REPEATABLE READ already reads one snapshot.
+    read_start = ""
 );
 
 /// The shared operations, compiled for diesel-async's MySQL connection.

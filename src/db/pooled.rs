@@ -22,10 +22,11 @@ pub async fn detached<T: Send + 'static>(
 }
 
 /// Defines `$Storage` (pool + config) and its `StorageDb` impl over the `ops` module in scope.
-/// `$before_write` is SQL run before each write transaction (e.g. its isolation level).
+/// `before_write` is SQL run before each write transaction begins (MySQL's isolation level);
+/// `read_start` is the first statement of each read transaction (PostgreSQL's snapshot level).
 #[macro_export]
 macro_rules! pooled_backend {
-    ($Storage:ident, $Conn:ty, $before_write:expr) => {
+    ($Storage:ident, $Conn:ty, before_write = $before_write:expr, read_start = $read_start:expr) => {
         pub struct $Storage {
             pool: diesel_async::pooled_connection::deadpool::Pool<$Conn>,
             config: std::sync::Arc<$crate::db::StorageConfig>,
@@ -107,6 +108,10 @@ macro_rules! pooled_backend {
                     let mut obj = connection(&pool, &settings).await?;
                     let conn: &mut $Conn = &mut obj;
                     conn.transaction(async |$conn| {
+                        let start: &str = $read_start;
+                        if !start.is_empty() {
+                            diesel_async::SimpleAsyncConnection::batch_execute(&mut *$conn, start).await?;
+                        }
                         let $config: &$crate::db::StorageConfig = &config;
                         let _ = $config;
                         $body

@@ -13,8 +13,14 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-// READ COMMITTED is PostgreSQL's default: each statement sees what other writers committed.
-crate::pooled_backend!(PostgresStorage, AsyncPgConnection, "");
+// Writes: READ COMMITTED, PostgreSQL's default, so each statement sees what other writers
+// committed. Reads: one snapshot for the whole unit of work.
+crate::pooled_backend!(
+    PostgresStorage,
+    AsyncPgConnection,
+    before_write = "",
+    read_start = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+);
 
 /// The shared operations, compiled for diesel-async's PostgreSQL connection, and this layout's
 /// records and batches.

@@ -169,8 +169,10 @@ impl SqliteStorage {
         F: FnOnce(&mut Conn, &WriteScope, &StorageConfig) -> ApiResult<T> + Send + 'static,
     {
         let uid = user.legacy_id as i64;
-        let _turn = self.write_lock.clone().lock_owned().await;
+        let turn = self.write_lock.clone().lock_owned().await;
         self.blocking(move |conn, config| {
+            // Held until the transaction ends, even if the request is dropped meanwhile.
+            let _turn = turn;
             conn.immediate_transaction(|conn| {
                 let scope = ops::begin_write(conn, uid, collection.as_deref())?;
                 f(conn, &scope, config)
@@ -258,8 +260,9 @@ impl StorageDb for SqliteStorage {
     }
 
     async fn purge_expired(&self) -> ApiResult<PurgeStats> {
-        let _turn = self.write_lock.clone().lock_owned().await;
-        self.blocking(|conn, _| {
+        let turn = self.write_lock.clone().lock_owned().await;
+        self.blocking(move |conn, _| {
+            let _turn = turn;
             conn.immediate_transaction(|conn| ops::purge_expired(conn, SyncTimestamp::now()))
         })
         .await

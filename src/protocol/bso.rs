@@ -132,6 +132,8 @@ pub fn parse_fields(obj: &Map<String, Value>) -> Result<(Option<String>, BsoUpda
                 _ => return Err("invalid id".into()),
             },
             "payload" => match value.as_str() {
+                // No engine's text column can hold U+0000 everywhere (PostgreSQL refuses it).
+                Some(s) if s.contains('\0') => return Err("payload contains U+0000".into()),
                 Some(s) => update.payload = Some(s.to_owned()),
                 None => return Err("payload not a string".into()),
             },
@@ -219,6 +221,7 @@ mod tests {
             json!({"sortindex": -1_000_000_000}),
             json!({"payload": 42}),
             json!({"payload": {"3": "4"}}),
+            json!({"payload": "a\u{0}b"}),
             json!({"ttl": "eh?"}),
             json!({"ttl": "4.2"}),
             json!({"ttl": 4.2}),

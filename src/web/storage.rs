@@ -150,7 +150,6 @@ pub async fn post_collection(
 ) -> ApiResult<HttpResponse> {
     let user = authenticate(&req, &state, false)?;
     let collection = collection_name(&req)?;
-    let batch = BatchRequest::parse(req.query_string())?;
     let format = body_format(&req)?;
     let limits = state.limits.for_collection(&collection);
     let body = read_body(&req, payload, &limits).await?;
@@ -162,6 +161,8 @@ pub async fn post_collection(
         total_bytes: header(&req, "X-Weave-Total-Bytes"),
     }
     .check(&limits)?;
+    // SPEC 1.12 order: body, then X-Weave-* headers, then batch parameters, then X-If-*.
+    let batch = BatchRequest::parse(req.query_string())?;
     let target = collection_ref(&req, user, collection)?;
     let result = state
         .storage
@@ -252,16 +253,15 @@ pub async fn put_bso(
     state: Data<AppState>,
     payload: Payload,
 ) -> ApiResult<HttpResponse> {
-    let target = bso_ref(&req, &state)?;
+    let user = authenticate(&req, &state, false)?;
+    let collection = collection_name(&req)?;
+    let id = bso_id(&req)?;
     let format = body_format(&req)?;
-    let limits = state.limits.for_collection(&target.collection);
+    let limits = state.limits.for_collection(&collection);
     let body = read_body(&req, payload, &limits).await?;
-    let bso = parse_put_body(&body, format, &target.collection, &target.id, &limits)?;
-    let target = crate::db::CollectionRef {
-        user: target.user,
-        collection: target.collection,
-        precondition: target.precondition,
-    };
+    let bso = parse_put_body(&body, format, &collection, &id, &limits)?;
+    // X-If-* syntax is checked after the body (SPEC 1.12).
+    let target = collection_ref(&req, user, collection)?;
     let t = state.storage.put_bso(PutBso { target, bso }).await?;
     Ok(ok(t, &t))
 }

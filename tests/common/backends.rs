@@ -24,7 +24,9 @@ pub const ENGINES: &[(&str, &str, &str)] = &[
 /// The engine this process tests: `SYNC_TEST_BACKEND`, SQLite when unset. An unknown name is
 /// an error, never a silent run on SQLite.
 pub fn current() -> Option<&'static str> {
-    let name = std::env::var("SYNC_TEST_BACKEND").ok()?;
+    let name = std::env::var("SYNC_TEST_BACKEND")
+        .ok()
+        .filter(|n| !n.is_empty())?;
     let engine = ENGINES.iter().map(|(n, _, _)| *n).find(|n| *n == name);
     assert!(
         engine.is_some(),
@@ -129,7 +131,7 @@ impl Drop for ScratchDatabase {
 /// Runs this whole test binary again against `engine` (skipping the matrix tests), or says
 /// plainly that it cannot. A no-op inside such a re-run.
 pub fn run_suite_on(engine: &str) {
-    if std::env::var("SYNC_TEST_BACKEND").is_ok() {
+    if current().is_some() {
         return;
     }
     let url = server_url(engine);

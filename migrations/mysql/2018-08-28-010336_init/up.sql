@@ -1,11 +1,11 @@
 -- The storage tables as syncstorage-rs's MySQL migrations leave them (SPEC 5.1), created in
 -- one step. The migration versions match upstream's, so a database syncstorage-rs created is
 -- recognised as fully migrated and left alone; the later versions are no-ops here.
--- Ids and names use a binary collation: BSO ids are case-sensitive.
+-- BSO ids are VARBINARY: case-sensitive and without trailing-space padding ("a" != "a ").
 CREATE TABLE IF NOT EXISTS `bso` (
     `userid` BIGINT NOT NULL,
     `collection` INT NOT NULL,
-    `id` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    `id` VARBINARY(64) NOT NULL,
     `sortindex` INT,
     `payload` MEDIUMTEXT NOT NULL,
     `payload_size` INT DEFAULT 0,
@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS `batch_uploads` (
 CREATE TABLE IF NOT EXISTS `batch_upload_items` (
     `batch` BIGINT NOT NULL,
     `userid` BIGINT NOT NULL,
-    `id` VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    `id` VARBINARY(64) NOT NULL,
     `sortindex` INT DEFAULT NULL,
     `payload` MEDIUMTEXT,
     `payload_size` INT DEFAULT NULL,

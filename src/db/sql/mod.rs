@@ -42,8 +42,21 @@ impl From<diesel::result::Error> for ApiError {
             e,
             Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
         );
+        let connection_lost = matches!(
+            e,
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _
+            ) | Error::BrokenTransactionManager
+        );
         if lost_insert_race || is_contention(&text) {
             ApiError::new(ErrorKind::Conflict, format!("{BUSY}{text}"))
+        } else if connection_lost {
+            // The database went away (restart, failover): clients come back later.
+            ApiError::new(
+                ErrorKind::Conflict,
+                format!("database connection lost: {text}"),
+            )
         } else {
             ApiError::internal(format!("database error: {text}"))
         }

@@ -529,7 +529,8 @@ macro_rules! storage_ops {
             diesel::delete(bso::table.filter(bso::userid.eq(uid)).filter(bso::collection.eq(cid))).execute(conn)$($aw)*?;
             drop_collection_batches(conn, uid, cid)$($aw)*?;
             if existed {
-                let tombstone = collection_ts(conn, uid, TOMBSTONE)$($aw)*?.unwrap_or_default();
+                // Locked: two deletes at once must not move the storage timestamp backwards.
+                let tombstone = lock_collection_ts(conn, uid, TOMBSTONE)$($aw)*?.unwrap_or_default();
                 touch_collection(conn, uid, TOMBSTONE, tombstone.max(scope.t))$($aw)*?;
             }
             let storage_ts = storage_ts(conn, uid)$($aw)*?;
@@ -540,8 +541,10 @@ macro_rules! storage_ops {
         pub $($asy)* fn delete_storage(conn: &mut Conn, uid: i64, precondition: Precondition) -> ApiResult<SyncTimestamp> {
             let before = storage_ts(conn, uid)$($aw)*?;
             check(precondition, before)?;
-            diesel::delete(bso::table.filter(bso::userid.eq(uid))).execute(conn)$($aw)*?;
+            // Collection rows first: that waits for any writer holding one of them, so records
+            // it commits meanwhile are deleted below rather than left without a collection.
             diesel::delete(user_collections::table.filter(user_collections::userid.eq(uid))).execute(conn)$($aw)*?;
+            diesel::delete(bso::table.filter(bso::userid.eq(uid))).execute(conn)$($aw)*?;
             drop_user_batches(conn, uid)$($aw)*?;
             Ok(before)
         }

@@ -21,7 +21,8 @@ impl SqlOrd for Millis {}
 
 impl ToSql<Millis, Pg> for Ms {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        let micros = (self.0 - PG_EPOCH_MS) * 1000;
+        // Saturating: a client's absurd `newer=` must match nothing, not overflow.
+        let micros = self.0.saturating_sub(PG_EPOCH_MS).saturating_mul(1000);
         <i64 as ToSql<BigInt, Pg>>::to_sql(&micros, &mut out.reborrow())
     }
 }
