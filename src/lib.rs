@@ -7,4 +7,5 @@ pub mod logging;
 pub mod protocol;
 pub mod server;
 pub mod settings;
+pub mod tokenserver;
 pub mod web;

@@ -1,0 +1,153 @@
+//! Tokenserver error bodies: `{"status": ..., "errors": [{"location", "name", "description"}]}`
+//! with their HTTP statuses (SPEC 3.1-3.7). Not the storage API's bare Weave numbers.
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenserverError {
+    pub http_status: u16,
+    pub status: &'static str,
+    pub location: &'static str,
+    pub name: String,
+    pub description: String,
+}
+
+impl TokenserverError {
+    fn new(
+        http_status: u16,
+        status: &'static str,
+        location: &'static str,
+        name: &str,
+        description: &str,
+    ) -> Self {
+        TokenserverError {
+            http_status,
+            status,
+            location,
+            name: name.into(),
+            description: description.into(),
+        }
+    }
+
+    /// Missing or malformed Authorization.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "error", "body", "", "Unauthorized")
+    }
+    /// An Authorization scheme other than Bearer.
+    pub fn unsupported() -> Self {
+        Self::new(401, "error", "body", "", "Unsupported")
+    }
+    pub fn invalid_credentials() -> Self {
+        Self::new(401, "invalid-credentials", "body", "", "Unauthorized")
+    }
+    pub fn invalid_key_id(description: &str) -> Self {
+        Self::new(401, "invalid-key-id", "header", "X-KeyID", description)
+    }
+    /// X-Client-State that is not a client state at all.
+    pub fn bad_client_state_header() -> Self {
+        Self::new(
+            400,
+            "error",
+            "header",
+            "X-Client-State",
+            "Invalid client state value",
+        )
+    }
+    /// X-Client-State disagreeing with X-KeyID.
+    pub fn client_state_mismatch() -> Self {
+        Self::new(401, "invalid-client-state", "body", "", "Unauthorized")
+    }
+    /// A client state the user record does not accept (SPEC 3.5 rules 2-5).
+    pub fn unacceptable_client_state(why: &str) -> Self {
+        Self::new(
+            401,
+            "invalid-client-state",
+            "header",
+            "X-Client-State",
+            &format!("Unacceptable client-state value {why}"),
+        )
+    }
+    pub fn invalid_generation() -> Self {
+        Self::new(401, "invalid-generation", "body", "", "Unauthorized")
+    }
+    pub fn invalid_keys_changed_at() -> Self {
+        Self::new(401, "invalid-keysChangedAt", "body", "", "Unauthorized")
+    }
+    pub fn new_users_disabled() -> Self {
+        Self::new(
+            403,
+            "new-users-disabled",
+            "body",
+            "",
+            "New users are not allowed",
+        )
+    }
+    pub fn unsupported_application() -> Self {
+        Self::new(
+            404,
+            "error",
+            "url",
+            "application",
+            "Unsupported application",
+        )
+    }
+    pub fn unsupported_version(version: &str) -> Self {
+        Self::new(
+            404,
+            "error",
+            "url",
+            version,
+            "Unsupported application version",
+        )
+    }
+    /// No node can take the user (503), or a retired user has no node (500).
+    pub fn internal_error(http_status: u16) -> Self {
+        Self::new(
+            http_status,
+            "internal-error",
+            "internal",
+            "",
+            "Server error",
+        )
+    }
+
+    pub fn body(&self) -> Value {
+        json!({
+            "status": self.status,
+            "errors": [{"location": self.location, "name": self.name, "description": self.description}],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        assert_eq!(
+            TokenserverError::unsupported().body(),
+            json!({"status":"error","errors":[{"description":"Unsupported","location":"body","name":""}]})
+        );
+        assert_eq!(TokenserverError::unsupported().http_status, 401);
+        let e = TokenserverError::bad_client_state_header();
+        assert_eq!(e.http_status, 400);
+        assert_eq!(
+            e.body(),
+            json!({"status":"error","errors":[{"location":"header","name":"X-Client-State","description":"Invalid client state value"}]})
+        );
+        assert_eq!(TokenserverError::new_users_disabled().http_status, 403);
+        assert_eq!(
+            TokenserverError::unsupported_version("1.2").body()["errors"][0]["name"],
+            "1.2"
+        );
+        assert_eq!(
+            TokenserverError::internal_error(503).body()["status"],
+            "internal-error"
+        );
+        assert_eq!(
+            TokenserverError::unacceptable_client_state("stale value").body()["errors"][0]["description"],
+            "Unacceptable client-state value stale value"
+        );
+    }
+}
