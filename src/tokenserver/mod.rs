@@ -7,5 +7,6 @@ pub mod error;
 pub mod hashes;
 pub mod keyid;
 pub mod nodes;
+pub mod oauth;
 
 pub use error::TokenserverError;
