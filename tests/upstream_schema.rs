@@ -9,16 +9,21 @@ use serde_json::json;
 
 backend_matrix!();
 
+/// A scratch database built by `fixture` (upstream's schema and rows), and a server on it.
+async fn serve_fixture(fixture: &str) -> (common::backends::ScratchDatabase, TestServer) {
+    let upstream = common::backends::ScratchDatabase::create().unwrap();
+    common::backends::admin_exec(&upstream.url, fixture);
+    let url = upstream.url.clone();
+    let server = TestServer::start_with(|s| s.syncstorage.database_url = Some(url)).await;
+    (upstream, server)
+}
+
 #[tokio::test]
 async fn upstream_mysql_database_is_read_and_written() {
     if common::backends::current() != Some("mysql") {
         return;
     }
-    let upstream = common::backends::ScratchDatabase::create().unwrap();
-    let fixture = include_str!("fixtures/upstream_mysql.sql");
-    common::backends::admin_exec(&upstream.url, fixture);
-    let url = upstream.url.clone();
-    let server = TestServer::start_with(|s| s.syncstorage.database_url = Some(url)).await;
+    let (upstream, server) = serve_fixture(include_str!("fixtures/upstream_mysql.sql")).await;
     let user = server.user(7);
 
     // Existing data, timestamps, the tombstone and expiry as upstream stored them.
@@ -110,13 +115,7 @@ async fn upstream_postgres_database_is_read_and_written() {
     if common::backends::current() != Some("postgres") {
         return;
     }
-    let upstream = common::backends::ScratchDatabase::create().unwrap();
-    common::backends::admin_exec(
-        &upstream.url,
-        include_str!("fixtures/upstream_postgres.sql"),
-    );
-    let url = upstream.url.clone();
-    let server = TestServer::start_with(|s| s.syncstorage.database_url = Some(url)).await;
+    let (upstream, server) = serve_fixture(include_str!("fixtures/upstream_postgres.sql")).await;
     let user = server.user(7);
 
     // The pre-touched tabs row (an open batch, nothing committed) is not a collection.
