@@ -85,7 +85,7 @@ fn serve(settings: Settings) -> Result<(), String> {
     let _log = syncserver::logging::init(settings.human_logs);
     let _sentry = syncserver::logging::init_sentry(&settings.environment);
     actix_web::rt::System::new().block_on(async move {
-        let running = syncserver::server::start(settings)?;
+        let running = syncserver::server::start(settings).await?;
         slog_scope::info!("listening"; "address" => %running.addr);
         eprintln!("syncserver listening on http://{}", running.addr);
         running.server.await.map_err(|e| e.to_string())

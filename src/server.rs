@@ -4,9 +4,12 @@ use std::net::TcpListener;
 
 use actix_web::dev::{Server, ServerHandle};
 
+use std::sync::Arc;
+
 use crate::auth::Secrets;
 use crate::db::{self, StorageConfig};
 use crate::settings::Settings;
+use crate::tokenserver::Tokenserver;
 use crate::web::{self, AppState, CorsSettings};
 
 /// A started server and the address it listens on.
@@ -23,7 +26,7 @@ impl Running {
 
 /// Opens the database (running migrations), binds `host:port` (port 0 picks one) and starts
 /// serving. Errors are start-up failures with a message naming the setting.
-pub fn start(mut settings: Settings) -> Result<Running, String> {
+pub async fn start(mut settings: Settings) -> Result<Running, String> {
     if settings.syncstorage.database_url.is_none() {
         crate::settings::create_private_dir(&settings.data_dir)?;
     }
@@ -51,6 +54,11 @@ pub fn start(mut settings: Settings) -> Result<Running, String> {
         )
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let tokenserver = if settings.tokenserver.enabled {
+        Some(Arc::new(open_tokenserver(&settings, addr).await?))
+    } else {
+        None
+    };
     let state = AppState::new(
         storage,
         Secrets::new(&settings.master_secret),
@@ -60,7 +68,8 @@ pub fn start(mut settings: Settings) -> Result<Running, String> {
     .with_lbheartbeat_ttl(
         storage_settings.lbheartbeat_ttl,
         storage_settings.lbheartbeat_ttl_jitter,
-    );
+    )
+    .with_tokenserver(tokenserver, settings.tokenserver.fxa_webhook_enabled);
     let cors = CorsSettings {
         allowed_origin: settings.cors_allowed_origin.clone(),
         max_age: settings.cors_max_age,
@@ -68,4 +77,62 @@ pub fn start(mut settings: Settings) -> Result<Running, String> {
     let server =
         web::serve(listener, state, cors, settings.actix_keep_alive).map_err(|e| e.to_string())?;
     Ok(Running { addr, server })
+}
+
+/// The URL Firefox reaches this server at: `public_url`, else the listen address (a wildcard
+/// address is shown as `localhost`; set `public_url` for other machines).
+pub fn public_url(settings: &Settings, addr: std::net::SocketAddr) -> String {
+    if let Some(url) = &settings.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
+}
+
+/// The engine name reported as `node_type` when none is configured.
+fn engine_name(url: &str) -> &'static str {
+    if db::mysql::is_mysql_url(url) {
+        "mysql"
+    } else if db::postgres::is_postgres_url(url) {
+        "postgres"
+    } else if url.starts_with("spanner://") {
+        "spanner"
+    } else {
+        "sqlite"
+    }
+}
+
+/// The tokenserver with its database; its node is `init_node_url` or this server itself.
+async fn open_tokenserver(
+    settings: &Settings,
+    addr: std::net::SocketAddr,
+) -> Result<Tokenserver, String> {
+    let ts = &settings.tokenserver;
+    let url = settings.tokenserver_url();
+    if url.starts_with("sqlite:") && ts.database_url.is_none() {
+        crate::settings::create_private_dir(&settings.data_dir)?;
+    }
+    let db = db::tokenserver::open_tokenserver_db(&url, &ts.pool())?;
+    let node = ts
+        .init_node_url
+        .clone()
+        .unwrap_or_else(|| public_url(settings, addr));
+    let node_type = ts
+        .node_type
+        .clone()
+        .unwrap_or_else(|| engine_name(&settings.storage_url()).to_owned());
+    let tokenserver = Tokenserver::open(
+        db,
+        ts.clone(),
+        Secrets::new(&settings.master_secret),
+        &node,
+        node_type,
+    )
+    .await?;
+    slog_scope::info!("tokenserver enabled"; "node" => &node);
+    Ok(tokenserver)
 }

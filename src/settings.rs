@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::db::sql::PoolSettings;
 use crate::protocol::Limits;
+use crate::tokenserver::settings::{TokenserverSettings, is_http_url};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -24,7 +25,11 @@ pub struct Settings {
     pub cors_max_age: Option<usize>,
     /// Where the zero-config defaults keep their files (database, generated secret).
     pub data_dir: PathBuf,
+    /// The URL Firefox reaches this server at; the tokenserver's own node. Defaults to the
+    /// listen address.
+    pub public_url: Option<String>,
     pub syncstorage: StorageSettings,
+    pub tokenserver: TokenserverSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +63,9 @@ impl Default for Settings {
             cors_allowed_origin: Some("*".into()),
             cors_max_age: Some(1_728_000),
             data_dir: PathBuf::from("data"),
+            public_url: None,
             syncstorage: StorageSettings::default(),
+            tokenserver: TokenserverSettings::default(),
         }
     }
 }
@@ -150,6 +157,18 @@ impl Settings {
         {
             settings.syncstorage.database_url = None;
         }
+        settings.tokenserver.validate()?;
+        settings.public_url = settings
+            .public_url
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty());
+        if let Some(url) = &settings.public_url
+            && !is_http_url(url)
+        {
+            return Err(format!(
+                "public_url must be an http or https URL, not {url:?}"
+            ));
+        }
         Ok(settings)
     }
 
@@ -159,6 +178,20 @@ impl Settings {
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("syncserver.db").display()))
+    }
+
+    /// The tokenserver database URL: by default the storage database when that is a server
+    /// database, else a SQLite file of its own beside the storage file.
+    pub fn tokenserver_url(&self) -> String {
+        if let Some(url) = &self.tokenserver.database_url {
+            return url.clone();
+        }
+        let storage = self.storage_url();
+        if storage.starts_with("mysql://") || storage.starts_with("postgres") {
+            storage
+        } else {
+            format!("sqlite:{}", self.data_dir.join("tokenserver.db").display())
+        }
     }
 
     /// The configured master secret, or the one kept in `<data_dir>/master_secret`, generated

@@ -3,4 +3,4 @@
 pub mod hawk;
 pub mod tokenlib;
 
-pub use tokenlib::{Secrets, TokenPayload};
+pub use tokenlib::{Secrets, TokenPayload, new_salt};

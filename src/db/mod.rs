@@ -15,6 +15,7 @@ pub mod pooled;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
+pub mod tokenserver;
 
 /// Whose data: the tokenserver uid for SQL backends, fxa_uid/fxa_kid for Spanner.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -38,17 +38,7 @@ macro_rules! pooled_backend {
             /// own (the migration harness is synchronous). Idempotent; the version names match
             /// upstream's, so a database syncstorage-rs created is recognised as migrated.
             pub fn run_migrations(url: &str) -> Result<(), String> {
-                use diesel::Connection;
-                use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-                use diesel_migrations::MigrationHarness;
-                let url = url.to_owned();
-                std::thread::spawn(move || {
-                    let mut conn = <AsyncConnectionWrapper<$Conn> as Connection>::establish(&url)
-                        .map_err(|e| format!("syncstorage.database_url: cannot connect: {e}"))?;
-                    conn.run_pending_migrations(MIGRATIONS).map(|_| ()).map_err(|e| format!("migrations failed: {e}"))
-                })
-                .join()
-                .map_err(|_| "migrations panicked".to_owned())?
+                $crate::run_embedded_migrations!($Conn, url, MIGRATIONS, "syncstorage.database_url")
             }
 
             /// Migrates (unless switched off) and builds the pool; connections are made on
@@ -70,32 +60,7 @@ macro_rules! pooled_backend {
             }
         }
 
-        /// Checks out a connection, giving up after the pool timeout with a 503 (the database
-        /// is down or saturated: clients retry later). Connections past their lifespan or idle
-        /// limit are replaced.
-        async fn connection(
-            pool: &diesel_async::pooled_connection::deadpool::Pool<$Conn>,
-            settings: &$crate::db::sql::PoolSettings,
-        ) -> $crate::error::ApiResult<diesel_async::pooled_connection::deadpool::Object<$Conn>> {
-            use diesel_async::pooled_connection::deadpool::Object;
-            use $crate::error::{ApiError, ErrorKind};
-            let wait = std::time::Duration::from_secs(u64::from(settings.connection_timeout_secs.max(1)));
-            loop {
-                let obj = tokio::time::timeout(wait, pool.get())
-                    .await
-                    .map_err(|_| ApiError::new(ErrorKind::Conflict, "database pool timeout"))?
-                    .map_err(|e| ApiError::new(ErrorKind::Conflict, format!("database unavailable: {e}")))?;
-                let metrics = Object::metrics(&obj);
-                let secs = |s: u32| std::time::Duration::from_secs(s.into());
-                let too_old = settings.connection_lifespan_secs.is_some_and(|s| metrics.age() > secs(s));
-                let idle_too_long = settings.connection_max_idle_secs.is_some_and(|s| metrics.last_used() > secs(s));
-                if too_old || idle_too_long {
-                    let _ = Object::take(obj);
-                    continue;
-                }
-                return Ok(obj);
-            }
-        }
+        $crate::pool_checkout!($Conn);
 
         /// A read-only unit of work on one snapshot: `|conn, config| body`.
         macro_rules! read_unit {
@@ -324,4 +289,64 @@ macro_rules! locking_collection_ts {
             locked(conn, uid, cid).await
         }
     };
+}
+
+/// Defines `connection(pool, settings)`: checks out a connection of type `$Conn`, giving up after
+/// the pool timeout with a 503 (the database is down or saturated: clients retry later).
+/// Connections past their lifespan or idle limit are replaced.
+#[macro_export]
+macro_rules! pool_checkout {
+    ($Conn:ty) => {
+        async fn connection(
+            pool: &diesel_async::pooled_connection::deadpool::Pool<$Conn>,
+            settings: &$crate::db::sql::PoolSettings,
+        ) -> $crate::error::ApiResult<diesel_async::pooled_connection::deadpool::Object<$Conn>> {
+            use diesel_async::pooled_connection::deadpool::Object;
+            use $crate::error::{ApiError, ErrorKind};
+            let wait =
+                std::time::Duration::from_secs(u64::from(settings.connection_timeout_secs.max(1)));
+            loop {
+                let obj = tokio::time::timeout(wait, pool.get())
+                    .await
+                    .map_err(|_| ApiError::new(ErrorKind::Conflict, "database pool timeout"))?
+                    .map_err(|e| {
+                        ApiError::new(ErrorKind::Conflict, format!("database unavailable: {e}"))
+                    })?;
+                let metrics = Object::metrics(&obj);
+                let secs = |s: u32| std::time::Duration::from_secs(s.into());
+                let too_old = settings
+                    .connection_lifespan_secs
+                    .is_some_and(|s| metrics.age() > secs(s));
+                let idle_too_long = settings
+                    .connection_max_idle_secs
+                    .is_some_and(|s| metrics.last_used() > secs(s));
+                if too_old || idle_too_long {
+                    let _ = Object::take(obj);
+                    continue;
+                }
+                return Ok(obj);
+            }
+        }
+    };
+}
+
+/// Runs embedded migrations on a blocking wrapper connection in a thread of its own (the
+/// migration harness is synchronous and must not block an async worker). Idempotent.
+#[macro_export]
+macro_rules! run_embedded_migrations {
+    ($Conn:ty, $url:expr, $migrations:expr, $setting:expr) => {{
+        use diesel::Connection;
+        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+        use diesel_migrations::MigrationHarness;
+        let url = $url.to_owned();
+        std::thread::spawn(move || {
+            let mut conn = <AsyncConnectionWrapper<$Conn> as Connection>::establish(&url)
+                .map_err(|e| format!("{}: cannot connect: {e}", $setting))?;
+            conn.run_pending_migrations($migrations)
+                .map(|_| ())
+                .map_err(|e| format!("{}: migrations failed: {e}", $setting))
+        })
+        .join()
+        .map_err(|_| "migrations panicked".to_owned())?
+    }};
 }

@@ -73,9 +73,11 @@ pub struct SqliteStorage {
     max_size: u32,
 }
 
-fn open_pool(
+/// A pool of connections to the file with our pragmas; `setting` names the URL in errors.
+pub(crate) fn open_pool(
     path: &Path,
     settings: &PoolSettings,
+    setting: &str,
 ) -> Result<Pool<ConnectionManager<Conn>>, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -100,12 +102,7 @@ fn open_pool(
         )
         .connection_customizer(Box::new(Pragmas))
         .build(manager)
-        .map_err(|e| {
-            format!(
-                "syncstorage.database_url: cannot open {}: {e}",
-                path.display()
-            )
-        })
+        .map_err(|e| format!("{setting}: cannot open {}: {e}", path.display()))
 }
 
 /// Runs the embedded migrations; idempotent.
@@ -121,7 +118,7 @@ impl SqliteStorage {
         settings: &PoolSettings,
         config: StorageConfig,
     ) -> Result<Self, String> {
-        let pool = open_pool(&target.path, settings)?;
+        let pool = open_pool(&target.path, settings, "syncstorage.database_url")?;
         if settings.run_migrations {
             let mut conn = pool
                 .get()

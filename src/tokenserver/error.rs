@@ -111,11 +111,45 @@ impl TokenserverError {
         )
     }
 
+    /// A database or upstream service that is down or too slow: the client retries later.
+    pub fn unavailable() -> Self {
+        Self::new(503, "error", "body", "", "Resource is not available")
+    }
+
+    /// A query string that does not parse.
+    pub fn bad_query_string() -> Self {
+        Self::new(400, "error", "querystring", "", "Invalid query string")
+    }
+
+    /// `tokenserver.database_request_timeout` passed.
+    pub fn elapsed() -> Self {
+        Self::new(504, "elapsed", "body", "", "Elapsed")
+    }
+
     pub fn body(&self) -> Value {
         json!({
             "status": self.status,
             "errors": [{"location": self.location, "name": self.name, "description": self.description}],
         })
+    }
+}
+
+/// Database failures: contention or an unreachable database is 503, anything else 500.
+impl From<crate::error::ApiError> for TokenserverError {
+    fn from(e: crate::error::ApiError) -> Self {
+        let status = e.status();
+        slog_scope::error!("tokenserver database error"; "error" => &e.message, "status" => status);
+        if status == 503 {
+            Self::unavailable()
+        } else {
+            Self::internal_error(500)
+        }
+    }
+}
+
+impl From<diesel::result::Error> for TokenserverError {
+    fn from(e: diesel::result::Error) -> Self {
+        crate::error::ApiError::from(e).into()
     }
 }
 

@@ -1,12 +1,21 @@
-//! The tokenserver's rules (SPEC 3), as pure functions: header parsing, claim validation
-//! against the user record, the user-record update, node choice, metrics hashes and the error
-//! bodies. Not wired to HTTP or a database yet (see the closing note of issue 4).
+//! The tokenserver (SPEC 3): FxA OAuth verification (`fxa`, `oauth`), header parsing
+//! (`keyid`), claim validation and record update (`claims`), the get-or-create decision
+//! (`users`), node choice (`nodes`), metrics hashes (`hashes`), error bodies (`error`), its
+//! settings, and the whole token request over the database (`issuer`). HTTP is in web/, SQL in
+//! db/tokenserver/.
 
 pub mod claims;
 pub mod error;
+pub mod fxa;
 pub mod hashes;
+pub mod issuer;
 pub mod keyid;
 pub mod nodes;
 pub mod oauth;
+pub mod settings;
+pub mod users;
 
 pub use error::TokenserverError;
+pub use issuer::Tokenserver;
+
+pub type TsResult<T> = Result<T, TokenserverError>;

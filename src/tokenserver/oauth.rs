@@ -109,6 +109,37 @@ pub fn verify_locally(token: &str, keys: &[Jwk]) -> LocalOutcome {
     }
 }
 
+/// A Security Event Token from FxA's webhook (SPEC 3.9): whose account, and the events.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SecurityEvent {
+    pub sub: String,
+    #[serde(default)]
+    pub events: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Verifies a webhook token: RS256 with one of `keys`, the expected audience and issuer; `exp`
+/// is not required. Every failure is `invalid-credentials`.
+pub fn verify_security_event(
+    token: &str,
+    keys: &[Jwk],
+    audience: &str,
+    issuer: &str,
+) -> Result<SecurityEvent, TokenserverError> {
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[audience]);
+    validation.set_issuer(&[issuer]);
+    validation.set_required_spec_claims(&["aud", "iss"]);
+    for key in keys.iter().filter(|k| k.kty == "RSA") {
+        let Ok(decoding) = DecodingKey::from_rsa_components(&key.n, &key.e) else {
+            continue;
+        };
+        if let Ok(data) = decode::<SecurityEvent>(token, &decoding, &validation) {
+            return Ok(data.claims);
+        }
+    }
+    Err(TokenserverError::invalid_credentials())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

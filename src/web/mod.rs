@@ -5,9 +5,10 @@ mod extract;
 pub mod headers;
 mod ops;
 mod storage;
+mod tokenserver;
 
 use std::net::TcpListener;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
@@ -24,6 +25,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::protocol::headers::is_rejected_user_agent;
 use crate::protocol::validate::{COLLECTION_ROUTE_PATTERN, UID_ROUTE_PATTERN};
 use crate::protocol::{Limits, SyncTimestamp};
+use crate::tokenserver::Tokenserver;
 use headers::{X_LAST_MODIFIED, X_WEAVE_TIMESTAMP};
 
 /// What every handler shares.
@@ -35,6 +37,10 @@ pub struct AppState {
     /// When `__lbheartbeat__` starts failing on purpose (lbheartbeat_ttl).
     pub lb_deadline: Option<Instant>,
     exhausted_since: Mutex<Option<Instant>>,
+    /// `/1.0/...`; `None` when `tokenserver.enabled` is false.
+    pub tokenserver: Option<Arc<Tokenserver>>,
+    /// Whether `/1.0/webhooks/fxa/events` is routed.
+    pub fxa_webhook: bool,
 }
 
 impl AppState {
@@ -51,7 +57,19 @@ impl AppState {
             quota_enabled,
             lb_deadline: None,
             exhausted_since: Mutex::new(None),
+            tokenserver: None,
+            fxa_webhook: false,
         }
+    }
+
+    pub fn with_tokenserver(
+        mut self,
+        tokenserver: Option<Arc<Tokenserver>>,
+        webhook: bool,
+    ) -> Self {
+        self.fxa_webhook = webhook && tokenserver.is_some();
+        self.tokenserver = tokenserver;
+        self
     }
 
     /// `ttl` seconds plus up to `jitter_percent` % more, so a fleet does not recycle at once.
@@ -147,7 +165,7 @@ async fn weave_middleware(
         let (req, _) = res.into_parts();
         res = ServiceResponse::new(req, HttpResponse::MethodNotAllowed().finish());
     }
-    if !is_dockerflow(&path) && method != Method::OPTIONS {
+    if !is_dockerflow(&path) && !path.starts_with("/1.0/") && method != Method::OPTIONS {
         // A write's handler may already have set its T (when X-Last-Modified is not T).
         let header_ts = |name: &str| {
             res.headers()
@@ -233,10 +251,24 @@ pub fn serve(
     cors_settings: CorsSettings,
     keep_alive: Option<u32>,
 ) -> std::io::Result<Server> {
+    let tokenserver_on = state.tokenserver.is_some();
+    let webhook_on = state.fxa_webhook;
     let state = web::Data::new(state);
     let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
+        let mut app = App::new();
+        if webhook_on {
+            app = app.route(
+                "/1.0/webhooks/fxa/events",
+                web::post().to(tokenserver::fxa_webhook),
+            );
+        }
+        if tokenserver_on {
+            app = app.service(
+                web::resource("/1.0/{application}/{version}")
+                    .route(web::get().to(tokenserver::get_token)),
+            );
+        }
+        app.app_data(state.clone())
             .wrap(cors(&cors_settings))
             .wrap(from_fn(weave_middleware))
             .route("/", web::get().to(ops::root))

@@ -27,6 +27,18 @@ pub async fn heartbeat(state: Data<AppState>) -> HttpResponse {
             StatusCode::SERVICE_UNAVAILABLE
         }
     };
+    let mut status = status;
+    if let Some(ts) = &state.tokenserver {
+        match ts.db.check().await {
+            Ok(()) => body["tokenserver_database"] = json!("Ok"),
+            Err(e) => {
+                slog_scope::warn!("heartbeat: tokenserver database check failed"; "error" => %e.description);
+                body["tokenserver_database"] = json!("Err");
+                body["status"] = json!("Err");
+                status = StatusCode::SERVICE_UNAVAILABLE;
+            }
+        }
+    }
     HttpResponse::build(status).json(body)
 }
 

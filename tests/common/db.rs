@@ -154,6 +154,32 @@ impl Sql {
         }
     }
 
+    pub fn load<U>(self, conn: &mut AnyConnection) -> QueryResult<Vec<U>>
+    where
+        U: QueryableByName<diesel::sqlite::Sqlite>
+            + QueryableByName<diesel::mysql::Mysql>
+            + QueryableByName<diesel::pg::Pg>
+            + Send
+            + 'static,
+    {
+        match conn {
+            AnyConnection::Sqlite(c) => {
+                boxed_with_binds!(diesel::sqlite::Sqlite, self.text, self.binds).load(c)
+            }
+            AnyConnection::Mysql(slot) => off_thread(slot, move |c| {
+                boxed_with_binds!(diesel::mysql::Mysql, self.text, self.binds).load(c)
+            }),
+            AnyConnection::Pg(slot) => off_thread(slot, move |c| {
+                boxed_with_binds!(
+                    diesel::pg::Pg,
+                    numbered_placeholders(&self.text),
+                    self.binds
+                )
+                .load(c)
+            }),
+        }
+    }
+
     pub fn get_result<U>(self, conn: &mut AnyConnection) -> QueryResult<U>
     where
         U: QueryableByName<diesel::sqlite::Sqlite>
@@ -181,9 +207,19 @@ impl Sql {
     }
 }
 
-/// A connection to the server's real database.
+/// A connection to the server's real storage database.
 pub fn db(server: &TestServer) -> AnyConnection {
-    let url = server.database_url.clone();
+    connect(&server.database_url)
+}
+
+/// A connection to the server's real tokenserver database.
+pub fn ts_db(server: &TestServer) -> AnyConnection {
+    connect(&server.tokenserver_database_url)
+}
+
+/// A connection to a database URL (sqlite:PATH, mysql://, postgres://).
+pub fn connect(url: &str) -> AnyConnection {
+    let url = url.to_owned();
     if url.starts_with("mysql://") {
         // The wrapper blocks on its own runtime: open and use it off the async test thread.
         let conn = std::thread::spawn(move || {
@@ -207,8 +243,8 @@ pub fn db(server: &TestServer) -> AnyConnection {
         .unwrap();
         AnyConnection::Pg(Some(conn))
     } else {
-        let mut conn = SqliteConnection::establish(server.db_path().to_str().unwrap())
-            .expect("open the server's database");
+        let path = url.strip_prefix("sqlite:").unwrap_or(&url);
+        let mut conn = SqliteConnection::establish(path).expect("open the server's database");
         conn.batch_execute("PRAGMA busy_timeout = 15000;").unwrap();
         AnyConnection::Sqlite(conn)
     }

@@ -10,6 +10,7 @@
 
 pub mod backends;
 pub mod db;
+pub mod fxa;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// The storage database this server uses.
     pub database_url: String,
+    /// The tokenserver's database (when the tokenserver is on).
+    pub tokenserver_database_url: String,
     handle: actix_web::dev::ServerHandle,
     pub client: reqwest::Client,
     /// Dropped with the server (a MySQL database of its own).
@@ -47,12 +50,15 @@ impl TestServer {
         settings.port = 0;
         settings.master_secret = MASTER_SECRET.into();
         settings.data_dir = dir.path().to_path_buf();
+        // Storage suites mint their own tokens; tests/tokenserver.rs turns it on.
+        settings.tokenserver.enabled = false;
         let database = backends::ScratchDatabase::create();
         if let Some(db) = &database {
             settings.syncstorage.database_url = Some(db.url.clone());
         }
         adjust(&mut settings);
         let database_url = settings.storage_url();
+        let tokenserver_database_url = settings.tokenserver_url();
         if let Some(engine) = backends::current() {
             // A test that overrides the URL must still be on the engine under test.
             assert!(
@@ -63,7 +69,7 @@ impl TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                match syncserver::server::start(settings) {
+                match syncserver::server::start(settings).await {
                     Ok(running) => {
                         tx.send(Ok((running.addr, running.handle()))).unwrap();
                         let _ = running.server.await;
@@ -78,6 +84,7 @@ impl TestServer {
             base: format!("http://127.0.0.1:{}", addr.port()),
             dir,
             database_url,
+            tokenserver_database_url,
             handle,
             client: reqwest::Client::new(),
             _database: database,

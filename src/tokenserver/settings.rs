@@ -1,0 +1,140 @@
+//! `[tokenserver]` settings (SPEC 4.4 names). Defaults differ from upstream where a self-hoster
+//! needs them to: the tokenserver is on, runs its migrations, and trusts Mozilla's production
+//! Firefox Accounts.
+
+use serde::Deserialize;
+
+use super::oauth::Jwk;
+use crate::db::sql::PoolSettings;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TokenserverSettings {
+    pub enabled: bool,
+    /// Defaults to the storage database (MySQL/PostgreSQL) or `sqlite:<data_dir>/tokenserver.db`.
+    pub database_url: Option<String>,
+    pub database_pool_max_size: u32,
+    pub database_pool_connection_timeout: u32,
+    /// Seconds a token request may spend in the database before 504 `elapsed`.
+    pub database_request_timeout: Option<u64>,
+    pub run_migrations: bool,
+    pub token_duration: u64,
+    /// Informational `node_type` in responses; defaults to the storage engine's name.
+    pub node_type: Option<String>,
+    pub node_capacity_release_rate: Option<f64>,
+    pub spanner_node_id: Option<i64>,
+    /// A node inserted at start-up; without it, the server's own `public_url` is the node.
+    pub init_node_url: Option<String>,
+    pub init_node_capacity: i32,
+    pub allow_new_users: bool,
+    pub fxa_email_domain: String,
+    pub fxa_oauth_server_url: String,
+    pub fxa_oauth_request_timeout: u64,
+    pub fxa_oauth_primary_jwk: Option<Jwk>,
+    pub fxa_oauth_secondary_jwk: Option<Jwk>,
+    pub fxa_metrics_hash_secret: String,
+    pub fxa_webhook_enabled: bool,
+    pub fxa_webhook_metrics_only: bool,
+    pub fxa_webhook_set_client_id: Option<String>,
+    pub fxa_webhook_set_issuer: Option<String>,
+    /// Accepted for upstream compatibility; FxA requests here do not use a thread pool.
+    pub additional_blocking_threads_for_fxa_requests: Option<u32>,
+    pub statsd_label: String,
+}
+
+/// Mozilla's production Firefox Accounts, where Firefox users have their accounts.
+pub const PROD_OAUTH_SERVER: &str = "https://oauth.accounts.firefox.com";
+pub const PROD_EMAIL_DOMAIN: &str = "api.accounts.firefox.com";
+
+impl Default for TokenserverSettings {
+    fn default() -> Self {
+        TokenserverSettings {
+            enabled: true,
+            database_url: None,
+            database_pool_max_size: 10,
+            database_pool_connection_timeout: 30,
+            database_request_timeout: None,
+            run_migrations: true,
+            token_duration: 3600,
+            node_type: None,
+            node_capacity_release_rate: None,
+            spanner_node_id: None,
+            init_node_url: None,
+            init_node_capacity: 100_000,
+            allow_new_users: true,
+            fxa_email_domain: PROD_EMAIL_DOMAIN.into(),
+            fxa_oauth_server_url: PROD_OAUTH_SERVER.into(),
+            fxa_oauth_request_timeout: 10,
+            fxa_oauth_primary_jwk: None,
+            fxa_oauth_secondary_jwk: None,
+            fxa_metrics_hash_secret: "secret".into(),
+            fxa_webhook_enabled: false,
+            fxa_webhook_metrics_only: false,
+            fxa_webhook_set_client_id: None,
+            fxa_webhook_set_issuer: None,
+            additional_blocking_threads_for_fxa_requests: None,
+            statsd_label: "syncstorage.tokenserver".into(),
+        }
+    }
+}
+
+/// Whether `url` is an absolute http(s) URL with a host.
+pub fn is_http_url(url: &str) -> bool {
+    ["http://", "https://"]
+        .iter()
+        .any(|p| url.strip_prefix(p).is_some_and(|rest| !rest.is_empty()))
+}
+
+impl TokenserverSettings {
+    pub fn pool(&self) -> PoolSettings {
+        PoolSettings {
+            max_size: self.database_pool_max_size,
+            connection_timeout_secs: self.database_pool_connection_timeout,
+            connection_lifespan_secs: None,
+            connection_max_idle_secs: None,
+            run_migrations: self.run_migrations,
+        }
+    }
+
+    /// The configured keys, primary first.
+    pub fn jwks(&self) -> Vec<Jwk> {
+        [&self.fxa_oauth_primary_jwk, &self.fxa_oauth_secondary_jwk]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    pub fn validate(&mut self) -> Result<(), String> {
+        if let Some(url) = &self.init_node_url
+            && !is_http_url(url)
+        {
+            return Err(format!(
+                "tokenserver.init_node_url must be an http or https URL, not {url:?}"
+            ));
+        }
+        if self.init_node_capacity <= 0 {
+            return Err("tokenserver.init_node_capacity must be greater than 0".into());
+        }
+        if self.database_pool_max_size == 0 {
+            return Err("tokenserver.database_pool_max_size must be greater than 0".into());
+        }
+        if !is_http_url(&self.fxa_oauth_server_url) {
+            return Err("tokenserver.fxa_oauth_server_url must be an http or https URL".into());
+        }
+        if self
+            .node_capacity_release_rate
+            .is_some_and(|r| !(r > 0.0 && r <= 1.0))
+        {
+            return Err("tokenserver.node_capacity_release_rate must be in (0, 1]".into());
+        }
+        if self
+            .database_url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            self.database_url = None;
+        }
+        Ok(())
+    }
+}
