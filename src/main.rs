@@ -1,4 +1,4 @@
-//! The `syncserver` command: `serve` (the default), `token`, `migrate`.
+//! The `syncserver` command: `serve` (the default), `token`, `hawk`, `migrate`, `purge-ttl`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -162,6 +162,17 @@ fn migrate(settings: Settings) -> Result<(), String> {
         "syncserver: migrations applied to {}",
         settings.storage_url()
     );
+    if settings.tokenserver.enabled {
+        let mut pool = settings.tokenserver.pool();
+        pool.run_migrations = true;
+        pool.max_size = 1;
+        let url = settings.tokenserver_url();
+        if url.starts_with("sqlite:") && settings.tokenserver.database_url.is_none() {
+            syncserver::settings::create_private_dir(&settings.data_dir)?;
+        }
+        syncserver::db::tokenserver::open_tokenserver_db(&url, &pool)?;
+        eprintln!("syncserver: tokenserver migrations applied to {url}");
+    }
     Ok(())
 }
 

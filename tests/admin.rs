@@ -83,6 +83,12 @@ async fn migrate_is_idempotent_beside_a_running_server() {
         );
     }
     assert_eq!(user.get("/storage/prefs/p").await.json()["payload"], "x");
+    // The tokenserver's tables were created too (this server runs without the tokenserver).
+    let services = count(
+        &mut ts_db(&server),
+        "SELECT COUNT(*) AS v FROM services WHERE service = 'sync-1.5'",
+    );
+    assert_eq!(services, 1);
 }
 
 #[tokio::test]
