@@ -174,3 +174,57 @@ async fn upstream_postgres_database_is_read_and_written() {
     );
     drop(upstream);
 }
+
+async fn token_request(server: &TestServer, sub: &str, generation: i64, key_id: &str) -> Resp {
+    let jwt = common::fxa::Signer::shared(0).access_token(sub, Some(generation));
+    send_rb(
+        server
+            .client
+            .get(format!("{}/1.0/sync/1.5", server.base))
+            .header("Authorization", format!("Bearer {jwt}"))
+            .header("X-KeyID", key_id),
+    )
+    .await
+}
+
+/// A tokenserver database syncstorage-rs created and filled keeps serving its users: its
+/// migrations are recognised as applied, its service id (3 on MySQL, after upstream re-seeded
+/// it) and its nodes are used as they are.
+#[tokio::test]
+async fn upstream_tokenserver_database_keeps_its_users() {
+    let fixture = match common::backends::current() {
+        Some("mysql") => include_str!("fixtures/upstream_tokenserver_mysql.sql"),
+        Some("postgres") => include_str!("fixtures/upstream_tokenserver_postgres.sql"),
+        _ => return,
+    };
+    let upstream = common::backends::ScratchDatabase::create().unwrap();
+    common::backends::admin_exec(&upstream.url, fixture);
+    let fxa = common::fxa::FakeFxa::start();
+    let (ts_url, fxa_url) = (upstream.url.clone(), fxa.url.clone());
+    let server = TestServer::start_with(move |s| {
+        s.tokenserver.enabled = true;
+        s.tokenserver.database_url = Some(ts_url);
+        s.tokenserver.fxa_oauth_server_url = fxa_url;
+    })
+    .await;
+    let r = token_request(&server, "existing", 10, "10-qqo").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["uid"], 12345);
+    assert_eq!(
+        r.json()["api_endpoint"],
+        "https://existing.example/1.5/12345"
+    );
+    // A new user: the next uid, the existing service row, the least loaded node (ours).
+    let r = token_request(&server, "newcomer", 1, "1-qqo").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["uid"], 12346);
+    assert_eq!(
+        r.json()["api_endpoint"],
+        format!("{}/1.5/12346", server.base)
+    );
+    let rows = count(
+        &mut ts_db(&server),
+        "SELECT COUNT(*) AS v FROM users WHERE service = 3 AND email = 'newcomer@api.accounts.firefox.com'",
+    );
+    assert_eq!(rows, 1);
+}

@@ -162,6 +162,13 @@ impl Tokenserver {
         } else {
             user.uid
         };
+        // Logged by hashes only (SPEC 3.7): the full HMAC as `uid`, its prefix as metrics_uid.
+        let secret = &self.settings.fxa_metrics_hash_secret;
+        slog_scope::info!("token issued";
+            "uid" => hashes::metrics_uid(secret, fxa_uid),
+            "metrics_uid" => hashes::hashed_fxa_uid(secret, fxa_uid),
+            "first_seen_at" => user.first_seen_at,
+            "new_uid" => uid != user.uid);
         Ok(self.mint(
             fxa_uid,
             &user,
