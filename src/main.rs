@@ -143,8 +143,19 @@ fn token(
     Ok(())
 }
 
+/// A runtime for an admin command; the storage it opens lives as long as the runtime.
+fn admin_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// Opens the storage database for an admin command, running migrations.
-fn open_for_admin(settings: &Settings) -> Result<syncserver::db::SharedStorage, String> {
+fn open_for_admin(
+    runtime: &tokio::runtime::Runtime,
+    settings: &Settings,
+) -> Result<syncserver::db::SharedStorage, String> {
     let mut pool = settings.syncstorage.pool();
     pool.run_migrations = true;
     pool.max_size = 1;
@@ -153,11 +164,16 @@ fn open_for_admin(settings: &Settings) -> Result<syncserver::db::SharedStorage, 
         enable_quota: false,
         enforce_quota: false,
     };
-    syncserver::db::open_storage(&settings.storage_url(), &pool, config)
+    runtime.block_on(syncserver::db::open_storage(
+        &settings.storage_url(),
+        &pool,
+        settings.syncstorage.spanner_emulator_host.as_deref(),
+        config,
+    ))
 }
 
 fn migrate(settings: Settings) -> Result<(), String> {
-    open_for_admin(&settings)?;
+    open_for_admin(&admin_runtime()?, &settings)?;
     eprintln!(
         "syncserver: migrations applied to {}",
         settings.storage_url()
@@ -177,11 +193,8 @@ fn migrate(settings: Settings) -> Result<(), String> {
 }
 
 fn purge_ttl(settings: Settings) -> Result<(), String> {
-    let storage = open_for_admin(&settings)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = admin_runtime()?;
+    let storage = open_for_admin(&runtime, &settings)?;
     let stats = runtime
         .block_on(storage.purge_expired())
         .map_err(|e| e.message)?;

@@ -31,6 +31,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
         crate::settings::create_private_dir(&settings.data_dir)?;
     }
     settings.resolve_master_secret()?;
+    settings.clamp_limits_to_backend();
     if !settings.syncstorage.enabled {
         return Err(
             "syncstorage.enabled = false: this build serves storage only, so it must stay enabled"
@@ -41,12 +42,14 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
     let storage = db::open_storage(
         &settings.storage_url(),
         &storage_settings.pool(),
+        storage_settings.spanner_emulator_host.as_deref(),
         StorageConfig {
             limits: storage_settings.limits.clone(),
             enable_quota: storage_settings.enable_quota,
             enforce_quota: storage_settings.enforce_quota,
         },
-    )?;
+    )
+    .await?;
     let listener = TcpListener::bind((settings.host.as_str(), settings.port)).map_err(|e| {
         format!(
             "host/port: cannot listen on {}:{}: {e}",

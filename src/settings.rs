@@ -48,6 +48,8 @@ pub struct StorageSettings {
     pub enforce_quota: bool,
     pub lbheartbeat_ttl: Option<u32>,
     pub lbheartbeat_ttl_jitter: u32,
+    /// `host:port` of a Cloud Spanner emulator (else SPANNER_EMULATOR_HOST, else Google Cloud).
+    pub spanner_emulator_host: Option<String>,
     pub limits: Limits,
 }
 
@@ -85,6 +87,7 @@ impl Default for StorageSettings {
             enforce_quota: false,
             lbheartbeat_ttl: None,
             lbheartbeat_ttl_jitter: 25,
+            spanner_emulator_host: None,
             limits: Limits::default(),
         }
     }
@@ -158,6 +161,7 @@ impl Settings {
             settings.syncstorage.database_url = None;
         }
         settings.tokenserver.validate()?;
+
         settings.public_url = settings
             .public_url
             .map(|u| u.trim().to_owned())
@@ -178,6 +182,20 @@ impl Settings {
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("syncserver.db").display()))
+    }
+
+    /// Limits the storage backend can honour: on Spanner one batch must commit in one
+    /// transaction (SPEC 5.3), so max_total_records/bytes are clamped to its mutation budget.
+    pub fn clamp_limits_to_backend(&mut self) {
+        if crate::db::spanner::is_spanner_url(&self.storage_url()) {
+            let limits = &mut self.syncstorage.limits;
+            limits.max_total_records = limits
+                .max_total_records
+                .min(crate::db::spanner::MAX_TOTAL_RECORDS);
+            limits.max_total_bytes = limits
+                .max_total_bytes
+                .min(crate::db::spanner::MAX_TOTAL_BYTES);
+        }
     }
 
     /// The tokenserver database URL: by default the storage database when that is a server

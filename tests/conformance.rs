@@ -25,7 +25,7 @@ struct Backend {
     _scratch: Option<common::backends::ScratchDatabase>,
 }
 
-fn open(enable_quota: bool, quota_limit: u32) -> Backend {
+async fn open(enable_quota: bool, quota_limit: u32) -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let scratch = common::backends::ScratchDatabase::create();
     let url = match &scratch {
@@ -40,7 +40,10 @@ fn open(enable_quota: bool, quota_limit: u32) -> Backend {
         enable_quota,
         enforce_quota: enable_quota,
     };
-    let db = open_storage(&url, &PoolSettings::default(), config).expect("open backend");
+    let emulator = common::backends::spanner_emulator_host();
+    let db = open_storage(&url, &PoolSettings::default(), Some(&emulator), config)
+        .await
+        .expect("open backend");
     Backend {
         db,
         _dir: dir,
@@ -136,7 +139,7 @@ async fn tick() {
 // SPEC 6.52: a ttl-only update keeps `modified` and moves the expiry to T + ttl.
 #[tokio::test]
 async fn ttl_only_update_keeps_modified_and_moves_expiry() {
-    let b = open(false, 1);
+    let b = open(false, 1).await;
     let t1 = put(&b, 1, "c", upd("x", Some("p"), None, Some(1))).await;
     tick().await;
     put(&b, 1, "c", upd("x", None, None, Some(100))).await;
@@ -150,7 +153,7 @@ async fn ttl_only_update_keeps_modified_and_moves_expiry() {
 // SPEC 6.53: partial updates keep the fields they do not name.
 #[tokio::test]
 async fn partial_updates_keep_other_fields() {
-    let b = open(false, 1);
+    let b = open(false, 1).await;
     put(&b, 1, "c", upd("x", Some("p"), Some(3), None)).await;
     tick().await;
     let t2 = put(&b, 1, "c", upd("x", None, Some(7), None)).await;
@@ -172,7 +175,7 @@ async fn partial_updates_keep_other_fields() {
 // never listed); deleting ids in one collection leaves the same ids elsewhere.
 #[tokio::test]
 async fn deletes_and_the_tombstone() {
-    let b = open(false, 1);
+    let b = open(false, 1).await;
     put(&b, 1, "clients", upd("b1", Some("c"), None, None)).await;
     tick().await;
     let t = put(&b, 1, "crypto", upd("b1", Some("k"), None, None)).await;
@@ -209,7 +212,7 @@ async fn deletes_and_the_tombstone() {
 // non-zero; its commit stamps every record with the commit T (6.68, 6.69).
 #[tokio::test]
 async fn batches_are_invisible_until_committed() {
-    let b = open(false, 1);
+    let b = open(false, 1).await;
     let r = post(
         &b,
         1,
@@ -264,7 +267,7 @@ async fn batches_are_invisible_until_committed() {
 // its bytes; a user at the limit gets 403 before the write.
 #[tokio::test]
 async fn quota_counts_staged_bytes() {
-    let b = open(true, 1000);
+    let b = open(true, 1000).await;
     let r = post(
         &b,
         1,
@@ -292,7 +295,7 @@ async fn quota_counts_staged_bytes() {
         batch: BatchRequest::Append(id),
     });
     assert_eq!(over.await.unwrap_err().status(), 403);
-    let limited = open(true, 5);
+    let limited = open(true, 5).await;
     put(
         &limited,
         2,
@@ -314,7 +317,7 @@ async fn quota_counts_staged_bytes() {
 // later timestamp and none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_to_one_collection_serialize() {
-    let b = open(false, 1);
+    let b = open(false, 1).await;
     let writes = (0..12).map(|i| {
         put(
             &b,
@@ -341,7 +344,7 @@ async fn concurrent_writes_to_one_collection_serialize() {
 // The remaining methods: preconditions inside the unit of work, usage/quota, purge, health.
 #[tokio::test]
 async fn preconditions_usage_purge_and_health() {
-    let b = open(false, 1);
+    let b = open(false, 1).await;
     let t = put(&b, 4, "c", upd("a", Some("abc"), None, None)).await;
     let stale = b.db.put_bso(PutBso {
         target: CollectionRef {
@@ -381,7 +384,7 @@ async fn preconditions_usage_purge_and_health() {
 // (MySQL's PAD SPACE collations would make "a" and "a " one key).
 #[tokio::test]
 async fn ids_are_exact() {
-    let b = open(false, 1);
+    let b = open(false, 1).await;
     for id in ["a", "a ", "A"] {
         put(&b, 5, "c", upd(id, Some(id), None, None)).await;
     }

@@ -78,14 +78,20 @@ async fn database_outage_is_503_and_recovers() {
     // A database of our own, reached through the relay.
     let scratch = TestServer::start().await;
     let direct = scratch.database_url.clone();
-    let authority = direct
-        .split("://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap();
-    let target = authority.rsplit('@').next().unwrap().to_owned();
+    // Spanner's URL names no host: its emulator host goes through the relay instead.
+    let spanner = engine == "spanner";
+    let target = if spanner {
+        common::backends::spanner_emulator_host()
+    } else {
+        let authority = direct
+            .split("://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        authority.rsplit('@').next().unwrap().to_owned()
+    };
     let relay = Relay::start(&target).await;
     let mut relayed = direct.replacen(&target, &format!("127.0.0.1:{}", relay.port), 1);
     if engine == "mysql" {
@@ -96,6 +102,9 @@ async fn database_outage_is_503_and_recovers() {
     let server = TestServer::start_with(|s| {
         s.syncstorage.database_url = Some(relayed.clone());
         s.syncstorage.database_pool_connection_timeout = 2;
+        if spanner {
+            s.syncstorage.spanner_emulator_host = Some(format!("127.0.0.1:{}", relay.port));
+        }
     })
     .await;
     let user = server.user(5);

@@ -848,17 +848,20 @@ async fn empty_commit_bodies() {
 /// Case 82 on PostgreSQL, whose batches carry an `expiry` column (SPEC 5.2): once it has
 /// passed, the batch is gone for append and commit; a live one still works.
 #[tokio::test]
-async fn postgres_batches_expire_by_their_expiry_column() {
+async fn uuid_batches_expire_by_their_expiry_column() {
     let server = TestServer::start().await;
     if mysql_layout(&server) {
-        return; // the MySQL layout is covered by batches_expire_after_two_hours
+        return; // the MySQL layout is covered by batches_expire_after_two_hours (PostgreSQL, Spanner here)
     }
     let user = server.user(16);
     let old = open_batch(&user, "col", json!([{"id": "a", "payload": "A"}])).await;
     let live = open_batch(&user, "col", json!([{"id": "b", "payload": "B"}])).await;
-    let n = sql_query(
-        "UPDATE batches SET expiry = now() - interval '11 milliseconds' WHERE batch_id = ?::uuid",
-    )
+    let n = sql_query(if spanner(&server) {
+        "UPDATE batches SET expiry = TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 11 MILLISECOND) \
+         WHERE batch_id = ?"
+    } else {
+        "UPDATE batches SET expiry = now() - interval '11 milliseconds' WHERE batch_id = ?::uuid"
+    })
     .bind(old.as_str())
     .execute(&mut db(&server))
     .unwrap();
@@ -1042,4 +1045,67 @@ async fn staged_bytes_count_toward_quota() {
     assert_eq!(by_id(&list, "a")["payload"], "y".repeat(60));
     let quota = user.get("/info/quota").await.json();
     assert_eq!(quota, json!([60.0 / 1024.0, null]));
+}
+
+/// The largest batch info/configuration advertises commits in one unit: nothing is visible
+/// while it is staged, one record more is refused without touching it, and after the commit
+/// every record is there with the commit's timestamp (on Spanner: within one transaction's
+/// mutation budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_advertised_batch_commits_atomically() {
+    let server = TestServer::start().await;
+    let user = server.user(77);
+    let config = user.get("/info/configuration").await.json();
+    let total = config["max_total_records"].as_u64().unwrap() as usize;
+    let per_post = config["max_post_records"].as_u64().unwrap() as usize;
+    let records = |from: usize, to: usize| -> Value {
+        (from..to)
+            .map(|i| json!({"id": format!("r{i:05}"), "payload": "x"}))
+            .collect()
+    };
+    let r = user
+        .post("/storage/big?batch=true", records(0, per_post.min(total)))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let batch = r.json()["batch"].as_str().unwrap().to_owned();
+    let mut staged = per_post.min(total);
+    while staged < total {
+        let end = (staged + per_post).min(total);
+        let r = user
+            .post(&format!("/storage/big?batch={batch}"), records(staged, end))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        staged = end;
+    }
+    assert_eq!(user.get("/info/collection_counts").await.json(), json!({}));
+    // One more is over the limit: refused, and the batch keeps what it had.
+    let r = user
+        .post(
+            &format!("/storage/big?batch={batch}"),
+            records(total, total + 1),
+        )
+        .await;
+    assert_json_error(&r, 400, 17);
+    let r = user
+        .post(
+            &format!("/storage/big?batch={batch}&commit=true"),
+            json!([]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t = r.last_modified();
+    assert_eq!(
+        user.get("/info/collection_counts").await.json(),
+        json!({"big": total})
+    );
+    let r = user.get("/storage/big?newer=0&sort=oldest&limit=1").await;
+    assert_eq!(r.json(), json!(["r00000"]));
+    let r = user
+        .get(&format!("/storage/big?older={}&limit=1", ts_text(t)))
+        .await;
+    assert_eq!(
+        r.json(),
+        json!([]),
+        "every record carries the commit's timestamp"
+    );
 }

@@ -312,6 +312,8 @@ fn node_type(server: &TestServer) -> &'static str {
         "mysql"
     } else if url.starts_with("postgres") {
         "postgres"
+    } else if url.starts_with("spanner") {
+        "spanner"
     } else {
         "sqlite"
     }

@@ -13,6 +13,7 @@ use crate::protocol::{BatchRequest, Bso, BsoQuery, Limits, Offset, Precondition,
 pub mod mysql;
 pub mod pooled;
 pub mod postgres;
+pub mod spanner;
 pub mod sql;
 pub mod sqlite;
 pub mod tokenserver;
@@ -183,11 +184,23 @@ pub trait StorageDb: Send + Sync {
 pub type SharedStorage = Arc<dyn StorageDb>;
 
 /// Opens the storage backend named by the URL's scheme.
-pub fn open_storage(
+pub async fn open_storage(
     url: &str,
     pool: &sql::PoolSettings,
+    spanner_emulator_host: Option<&str>,
     config: StorageConfig,
 ) -> Result<SharedStorage, String> {
+    if spanner::is_spanner_url(url) {
+        let settings = spanner::SpannerSettings {
+            emulator_host: spanner_emulator_host.map(str::to_owned),
+            max_sessions: pool.max_size,
+            timeout_secs: pool.connection_timeout_secs,
+            run_migrations: pool.run_migrations,
+        };
+        return Ok(Arc::new(
+            spanner::SpannerStorage::open(url, &settings, config).await?,
+        ));
+    }
     if mysql::is_mysql_url(url) {
         return Ok(Arc::new(mysql::MysqlStorage::open(url, pool, config)?));
     }
@@ -199,7 +212,7 @@ pub fn open_storage(
     match sqlite::SqliteTarget::from_url(url) {
         Some(target) => Ok(Arc::new(sqlite::SqliteStorage::open(target, pool, config)?)),
         None => Err(format!(
-            "syncstorage.database_url: unsupported database URL {url:?} (use sqlite:PATH, mysql:// or postgres://)"
+            "syncstorage.database_url: unsupported database URL {url:?} (use sqlite:PATH, mysql://, postgres:// or spanner://)"
         )),
     }
 }

@@ -19,7 +19,57 @@ pub const ENGINES: &[(&str, &str, &str)] = &[
         "SYNC_TEST_POSTGRES_URL",
         "postgres://postgres@127.0.0.1:5432",
     ),
+    // The Cloud Spanner emulator's gRPC endpoint (its REST endpoint: SYNC_TEST_SPANNER_REST).
+    (
+        "spanner",
+        "SYNC_TEST_SPANNER_EMULATOR",
+        "spanner://127.0.0.1:9010",
+    ),
 ];
+
+/// The emulator's project and instance the Spanner scratch databases live in.
+pub const SPANNER_INSTANCE: &str = "projects/test-project/instances/test-instance";
+
+/// `host:port` of the Spanner emulator's gRPC endpoint.
+pub fn spanner_emulator_host() -> String {
+    server_url("spanner")
+        .trim_start_matches("spanner://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn spanner_rest() -> String {
+    std::env::var("SYNC_TEST_SPANNER_REST").unwrap_or_else(|_| "http://127.0.0.1:9020".into())
+}
+
+/// Creates the emulator's test instance unless it exists (idempotent).
+fn ensure_spanner_instance() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let (project, instance) = SPANNER_INSTANCE
+            .trim_start_matches("projects/")
+            .split_once("/instances/")
+            .unwrap();
+        let body = format!(
+            r#"{{"instanceId":"{instance}","instance":{{"config":"emulator-config","displayName":"test","nodeCount":1}}}}"#
+        );
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let r = agent
+            .post(&format!("{}/v1/projects/{project}/instances", spanner_rest()))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .expect("reach the Spanner emulator's REST endpoint");
+        // 409: it exists already.
+        assert!(
+            r.status().is_success() || r.status().as_u16() == 409,
+            "create the Spanner test instance: {}",
+            r.status()
+        );
+    });
+}
 
 /// The engine this process tests: `SYNC_TEST_BACKEND`, SQLite when unset. An unknown name is
 /// an error, never a silent run on SQLite.
@@ -102,6 +152,15 @@ impl ScratchDatabase {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
+        if engine == "spanner" {
+            // The server creates the database (its migrations); dropped over REST.
+            ensure_spanner_instance();
+            return Some(ScratchDatabase {
+                url: format!("spanner://{SPANNER_INSTANCE}/databases/{name}"),
+                server,
+                name,
+            });
+        }
         // One statement each: PostgreSQL will not create a database inside a transaction.
         admin_exec(&server, &format!("DROP DATABASE IF EXISTS {name}"));
         admin_exec(&server, &format!("CREATE DATABASE {name}"));
@@ -115,6 +174,15 @@ impl ScratchDatabase {
 
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
+        if self.url.starts_with("spanner://") {
+            let url = format!(
+                "{}/v1/{SPANNER_INSTANCE}/databases/{}",
+                spanner_rest(),
+                self.name
+            );
+            let _ = ureq::delete(&url).call();
+            return;
+        }
         // The server under test may still hold pooled connections.
         let force = if self.server.starts_with("postgres") {
             " WITH (FORCE)"
@@ -185,6 +253,11 @@ macro_rules! backend_matrix {
         #[test]
         fn on_postgres() {
             common::backends::run_suite_on("postgres");
+        }
+
+        #[test]
+        fn on_spanner() {
+            common::backends::run_suite_on("spanner");
         }
     };
 }

@@ -19,6 +19,100 @@ pub enum AnyConnection {
     /// cannot happen on an async test's thread.
     Mysql(Option<AsyncConnectionWrapper<AsyncMysqlConnection>>),
     Pg(Option<AsyncConnectionWrapper<AsyncPgConnection>>),
+    Spanner(SpannerConn),
+}
+
+/// The Spanner emulator database a server uses: statements run through the real gRPC client,
+/// each on a thread with a runtime of its own. Only `execute`, `count` and the snapshot
+/// helpers speak Spanner; typed `get_result`/`load` are for the SQL engines.
+pub struct SpannerConn {
+    database: String,
+}
+
+impl SpannerConn {
+    fn run<R: Send + 'static>(
+        &self,
+        f: impl for<'c> FnOnce(
+            &'c mut gcloud_spanner::transaction_rw::ReadWriteTransaction,
+        ) -> futures::future::BoxFuture<
+            'c,
+            Result<R, gcloud_spanner::client::Error>,
+        > + Send
+        + 'static,
+    ) -> R {
+        let database = self.database.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut config = gcloud_spanner::client::ClientConfig {
+                    environment: gcloud_gax::conn::Environment::Emulator(
+                        super::backends::spanner_emulator_host(),
+                    ),
+                    ..Default::default()
+                };
+                config.session_config.min_opened = 1;
+                config.session_config.max_opened = 1;
+                config.channel_config.num_channels = 1;
+                let client = gcloud_spanner::client::Client::new(database, config)
+                    .await
+                    .expect("connect to the Spanner emulator");
+                let mut tx = client.begin_read_write_transaction().await.unwrap();
+                let result = f(&mut tx).await;
+                let (_, out) = tx.end(result, None).await.expect("spanner statement");
+                client.close().await;
+                out
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// `?` placeholders become `@p1`, `@p2`, ...
+    fn statement(text: &str, binds: Vec<Val>) -> gcloud_spanner::statement::Statement {
+        let mut sql = String::new();
+        let mut n = 0;
+        for c in text.chars() {
+            if c == '?' {
+                n += 1;
+                sql.push_str(&format!("@p{n}"));
+            } else {
+                sql.push(c);
+            }
+        }
+        let mut stmt = gcloud_spanner::statement::Statement::new(sql);
+        for (i, b) in binds.into_iter().enumerate() {
+            let name = format!("p{}", i + 1);
+            match b {
+                Val::Int(v) => stmt.add_param(&name, &v),
+                Val::Text(v) => stmt.add_param(&name, &v),
+            }
+        }
+        stmt
+    }
+
+    pub fn execute(&self, text: &str, binds: Vec<Val>) -> usize {
+        let stmt = Self::statement(text, binds);
+        self.run(move |tx| Box::pin(async move { Ok(tx.update(stmt).await? as usize) }))
+    }
+
+    /// The first column (`v`) of the first row, read as `T`.
+    pub fn value<T: gcloud_spanner::row::TryFromValue + Send + 'static>(
+        &self,
+        text: &str,
+        binds: Vec<Val>,
+    ) -> T {
+        let stmt = Self::statement(text, binds);
+        self.run(move |tx| {
+            Box::pin(async move {
+                let mut rows = tx.query(stmt).await?;
+                let row = rows.next().await?.expect("one row");
+                Ok(row.column_by_name::<T>("v")?)
+            })
+        })
+    }
 }
 
 type MysqlConn = AsyncConnectionWrapper<AsyncMysqlConnection>;
@@ -26,7 +120,12 @@ type PgConn = AsyncConnectionWrapper<AsyncPgConnection>;
 
 /// Whether the server's tables are the MySQL layout (SQLite, MySQL) rather than PostgreSQL's.
 pub fn mysql_layout(server: &TestServer) -> bool {
-    !server.database_url.starts_with("postgres")
+    !server.database_url.starts_with("postgres") && !spanner(server)
+}
+
+/// Whether the server stores into the Spanner emulator (tables keyed by fxa_uid/fxa_kid).
+pub fn spanner(server: &TestServer) -> bool {
+    server.database_url.starts_with("spanner://")
 }
 
 impl Drop for AnyConnection {
@@ -43,7 +142,7 @@ impl Drop for AnyConnection {
                     std::thread::spawn(move || drop(conn)).join().unwrap();
                 }
             }
-            AnyConnection::Sqlite(_) => {}
+            AnyConnection::Sqlite(_) | AnyConnection::Spanner(_) => {}
         }
     }
 }
@@ -151,6 +250,7 @@ impl Sql {
                 )
                 .execute(c)
             }),
+            AnyConnection::Spanner(c) => Ok(c.execute(&self.text, self.binds)),
         }
     }
 
@@ -177,6 +277,7 @@ impl Sql {
                 )
                 .load(c)
             }),
+            AnyConnection::Spanner(_) => panic!("typed loads are not available on Spanner"),
         }
     }
 
@@ -203,6 +304,7 @@ impl Sql {
                 )
                 .get_result(c)
             }),
+            AnyConnection::Spanner(_) => panic!("typed results are not available on Spanner"),
         }
     }
 }
@@ -220,6 +322,11 @@ pub fn ts_db(server: &TestServer) -> AnyConnection {
 /// A connection to a database URL (sqlite:PATH, mysql://, postgres://).
 pub fn connect(url: &str) -> AnyConnection {
     let url = url.to_owned();
+    if let Some(database) = url.strip_prefix("spanner://") {
+        return AnyConnection::Spanner(SpannerConn {
+            database: database.to_owned(),
+        });
+    }
     if url.starts_with("mysql://") {
         // The wrapper blocks on its own runtime: open and use it off the async test thread.
         let conn = std::thread::spawn(move || {
@@ -265,6 +372,12 @@ pub struct MaybeText {
 }
 
 pub fn collection_id(conn: &mut AnyConnection, name: &str) -> i64 {
+    if let AnyConnection::Spanner(c) = conn {
+        return c.value(
+            "SELECT collection_id AS v FROM collections WHERE name = ?",
+            vec![Val::Text(name.into())],
+        );
+    }
     let sql = match conn {
         AnyConnection::Pg(_) => "SELECT collection_id::BIGINT AS v FROM collections WHERE name = ?",
         _ => "SELECT id AS v FROM collections WHERE name = ?",
@@ -278,6 +391,15 @@ pub fn collection_id(conn: &mut AnyConnection, name: &str) -> i64 {
 
 /// How many batches `uid` has open, and how many records they stage, in either layout.
 pub fn batch_rows(conn: &mut AnyConnection, uid: i64) -> (i64, i64) {
+    if let AnyConnection::Spanner(c) = conn {
+        let n = |table: &str| {
+            c.value::<i64>(
+                &format!("SELECT COUNT(*) AS v FROM {table} WHERE fxa_uid = FORMAT('%032x', ?)"),
+                vec![Val::Int(uid)],
+            )
+        };
+        return (n("batches"), n("batch_bsos"));
+    }
     let (batches, items) = match conn {
         AnyConnection::Pg(_) => ("batches WHERE user_id", "batch_bsos WHERE user_id"),
         _ => (
@@ -296,12 +418,46 @@ pub fn batch_rows(conn: &mut AnyConnection, uid: i64) -> (i64, i64) {
 
 /// The single integer `sql` selects `AS v`.
 pub fn count(conn: &mut AnyConnection, sql: &str) -> i64 {
+    if let AnyConnection::Spanner(c) = conn {
+        return c.value(sql, vec![]);
+    }
     sql_query(sql).get_result::<Num>(conn).unwrap().v
 }
 
 /// Every row of the per-user tables as text, to prove a request wrote nothing.
 pub fn db_snapshot(server: &TestServer) -> String {
     let mut conn = db(server);
+    if let AnyConnection::Spanner(c) = &conn {
+        // The emulator has no ORDER BY inside STRING_AGG: rows are ordered in an ARRAY first.
+        let spanner_queries = [
+            "SELECT ARRAY_TO_STRING(ARRAY(SELECT CONCAT(UID, '|', \
+             CAST(collection_id AS STRING), '|', bso_id, '|', COALESCE(CAST(sortindex AS STRING), '-'), \
+             '|', COALESCE(payload, '-'), '|', CAST(UNIX_MILLIS(modified) AS STRING), '|', \
+             CAST(UNIX_MILLIS(expiry) AS STRING)) FROM bsos ORDER BY fxa_uid, collection_id, bso_id), \
+             '\\n') AS v",
+            "SELECT ARRAY_TO_STRING(ARRAY(SELECT CONCAT(UID, '|', CAST(collection_id AS STRING), '|', \
+             CAST(UNIX_MILLIS(modified) AS STRING), '|', COALESCE(CAST(count AS STRING), '-'), '|', \
+             COALESCE(CAST(total_bytes AS STRING), '-')) FROM user_collections \
+             ORDER BY fxa_uid, collection_id), '\\n') AS v",
+            "SELECT ARRAY_TO_STRING(ARRAY(SELECT CONCAT(UID, '|', CAST(collection_id AS STRING), '|', \
+             batch_id, '|', CAST(UNIX_MILLIS(expiry) AS STRING)) FROM batches \
+             ORDER BY fxa_uid, collection_id, batch_id), '\\n') AS v",
+            "SELECT ARRAY_TO_STRING(ARRAY(SELECT CONCAT(batch_id, '|', UID, '|', batch_bso_id, '|', \
+             COALESCE(CAST(sortindex AS STRING), '-'), '|', COALESCE(payload, '-'), '|', \
+             COALESCE(CAST(ttl AS STRING), '-')) FROM batch_bsos ORDER BY batch_id, batch_bso_id), \
+             '\\n') AS v",
+        ];
+        // Test users' fxa_uid is their uid in 32 hex digits: shown as the uid, as elsewhere.
+        let uid = "COALESCE(CAST(SAFE_CAST(CONCAT('0x', fxa_uid) AS INT64) AS STRING), fxa_uid)";
+        return spanner_queries
+            .iter()
+            .map(|q| {
+                c.value::<Option<String>>(&q.replace("UID", uid), vec![])
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n--\n");
+    }
     let pg_queries = [
         "SELECT string_agg(user_id || '|' || collection_id || '|' || bso_id || '|' || coalesce(sortindex::text, '-') \
          || '|' || payload || '|' || modified || '|' || expiry, chr(10) ORDER BY user_id, collection_id, bso_id) AS v \

@@ -55,6 +55,10 @@ impl TestServer {
         let database = backends::ScratchDatabase::create();
         if let Some(db) = &database {
             settings.syncstorage.database_url = Some(db.url.clone());
+            if db.url.starts_with("spanner://") {
+                settings.syncstorage.spanner_emulator_host =
+                    Some(backends::spanner_emulator_host());
+            }
         }
         adjust(&mut settings);
         let database_url = settings.storage_url();

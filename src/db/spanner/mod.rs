@@ -1,0 +1,385 @@
+//! The Google Cloud Spanner backend (SPEC 5.3): syncstorage-rs's interleaved schema through the
+//! pure-Rust gRPC client `gcloud-spanner`. Reads run in strong read-only transactions; a write
+//! is one read-write transaction (Spanner's own locks serialize writers), run again when
+//! Spanner aborts it, and answered with 503 + Retry-After when it keeps being aborted.
+
+mod ddl;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gcloud_gax::conn::Environment;
+use gcloud_gax::grpc::{Code, Status};
+use gcloud_gax::retry::TryAs;
+use gcloud_spanner::client::{Client, ClientConfig};
+use gcloud_spanner::statement::Statement;
+
+use super::{
+    BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoKind,
+    PoolState, PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, StorageDb, UserId,
+};
+use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::protocol::{Bso, Precondition, SyncTimestamp};
+
+pub use ddl::migrate;
+
+/// Spanner commits at most 80,000 mutations; a record is eight cells, so a batch commit stays
+/// under the limit at upstream's 9,984 records (and 100 MB of payload).
+pub const MAX_TOTAL_RECORDS: u32 = 9_984;
+pub const MAX_TOTAL_BYTES: u32 = 100_000_000;
+
+const ABORTED: &str = "spanner transaction aborted";
+/// How often a write Spanner aborted is run again before the client gets 503.
+const WRITE_ATTEMPTS: u64 = 12;
+
+pub fn is_spanner_url(url: &str) -> bool {
+    url.starts_with("spanner://")
+}
+
+/// `spanner://projects/P/instances/I/databases/D` → `projects/P/instances/I/databases/D`.
+pub fn database_path(url: &str) -> Result<String, String> {
+    let path = url
+        .strip_prefix("spanner://")
+        .unwrap_or(url)
+        .trim_matches('/');
+    let parts: Vec<&str> = path.split('/').collect();
+    let valid = parts.len() == 6
+        && parts[0] == "projects"
+        && parts[2] == "instances"
+        && parts[4] == "databases"
+        && parts.iter().all(|p| !p.is_empty());
+    if valid {
+        Ok(path.to_owned())
+    } else {
+        Err(format!(
+            "syncstorage.database_url: {url:?} is not spanner://projects/P/instances/I/databases/D"
+        ))
+    }
+}
+
+/// How to reach Spanner: the emulator at `emulator_host`, else Google Cloud with the usual
+/// application-default credentials.
+#[derive(Debug, Clone, Default)]
+pub struct SpannerSettings {
+    pub emulator_host: Option<String>,
+    pub max_sessions: u32,
+    /// Seconds a request waits for Spanner (a session, a connection, an answer).
+    pub timeout_secs: u32,
+    pub run_migrations: bool,
+}
+
+/// `syncstorage.spanner_emulator_host`, else the standard SPANNER_EMULATOR_HOST variable.
+fn emulator_host(settings: &SpannerSettings) -> Option<String> {
+    settings
+        .emulator_host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::env::var("SPANNER_EMULATOR_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+        })
+}
+
+/// rustls needs one process-wide crypto provider for Google's TLS endpoints.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A gRPC failure as a protocol error: contention and unavailability are 503 + Retry-After.
+pub(crate) fn status_error(status: Status) -> ApiError {
+    match status.code() {
+        Code::Aborted => ApiError::new(
+            ErrorKind::Conflict,
+            format!("{ABORTED}: {}", status.message()),
+        ),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => ApiError::new(
+            ErrorKind::Conflict,
+            format!("spanner unavailable: {}", status.message()),
+        ),
+        _ => ApiError::internal(format!("spanner: {status}")),
+    }
+}
+
+fn client_error(e: gcloud_spanner::client::Error) -> ApiError {
+    match e {
+        gcloud_spanner::client::Error::GRPC(status) => status_error(status),
+        other => ApiError::new(ErrorKind::Conflict, format!("spanner unavailable: {other}")),
+    }
+}
+
+/// The error type a read-write transaction ends with; `try_as` is None so that a failed unit
+/// of work is always rolled back.
+struct TxError(ApiError);
+
+impl From<Status> for TxError {
+    fn from(status: Status) -> Self {
+        TxError(status_error(status))
+    }
+}
+
+impl TryAs<Status> for TxError {
+    fn try_as(&self) -> Option<&Status> {
+        None
+    }
+}
+
+pub struct SpannerStorage {
+    client: Client,
+    config: Arc<StorageConfig>,
+    max_sessions: u32,
+    /// A unit of work that takes longer (Spanner unreachable) is answered with 503: twice
+    /// the connection timeout, so a big batch commit still has room.
+    deadline: Duration,
+}
+
+impl SpannerStorage {
+    pub async fn open(
+        url: &str,
+        settings: &SpannerSettings,
+        config: StorageConfig,
+    ) -> Result<Self, String> {
+        install_crypto_provider();
+        let database = database_path(url)?;
+        if settings.run_migrations {
+            migrate(&database, emulator_host(settings)).await?;
+        }
+        let mut client_config = ClientConfig::default();
+        let max = settings.max_sessions.max(1) as usize;
+        client_config.session_config.max_opened = max;
+        client_config.session_config.min_opened = max.min(4);
+        client_config.session_config.max_idle = max;
+        let timeout = Duration::from_secs(settings.timeout_secs.max(1).into());
+        client_config.session_config.session_get_timeout = timeout;
+        client_config.channel_config.timeout = timeout;
+        client_config.channel_config.connect_timeout = timeout;
+        client_config.channel_config.num_channels = max.div_ceil(100).max(1);
+        client_config = match emulator_host(settings) {
+            Some(host) => ClientConfig {
+                environment: Environment::Emulator(host),
+                ..client_config
+            },
+            None => client_config
+                .with_auth()
+                .await
+                .map_err(|e| format!("spanner credentials: {e}"))?,
+        };
+        let client = Client::new(database, client_config)
+            .await
+            .map_err(|e| format!("syncstorage.database_url: cannot reach spanner: {e}"))?;
+        Ok(SpannerStorage {
+            client,
+            config: Arc::new(config),
+            max_sessions: max as u32,
+            deadline: timeout * 2,
+        })
+    }
+}
+
+/// A read-only unit of work on one strong snapshot: `|tx, config| body`.
+macro_rules! read_unit {
+    ($self:ident, |$tx:ident, $config:ident| $body:expr) => {{
+        let mut ro = $self
+            .client
+            .read_only_transaction()
+            .await
+            .map_err(client_error)?;
+        let $tx: &mut gcloud_spanner::transaction::Transaction = &mut ro;
+        let $config: &StorageConfig = &$self.config;
+        let _ = $config;
+        $body
+    }};
+}
+
+/// A write unit of work on `(user, collection)`: `|tx, scope, config| body`, run again when
+/// Spanner aborted it (it was rolled back whole).
+macro_rules! write_unit {
+    ($self:ident, $user:expr, $collection:expr, |$tx:ident, $scope:ident, $config:ident| $body:expr) => {{
+        let user: &UserId = $user;
+        let collection: Option<&str> = $collection;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut rw = $self
+                .client
+                .begin_read_write_transaction()
+                .await
+                .map_err(client_error)?;
+            let result: Result<_, TxError> = async {
+                let $tx: &mut gcloud_spanner::transaction_rw::ReadWriteTransaction = &mut rw;
+                let scope = ops::begin_write($tx, user, collection)
+                    .await
+                    .map_err(TxError)?;
+                let $scope = &scope;
+                let $config: &StorageConfig = &$self.config;
+                let _ = $config;
+                $body.map_err(TxError)
+            }
+            .await;
+            match rw.end(result, None).await {
+                Ok((_, value)) => break Ok(value),
+                Err(TxError(e)) if e.message.starts_with(ABORTED) && attempt < WRITE_ATTEMPTS => {
+                    // Exponential, jittered: the emulator runs one transaction at a time and
+                    // aborts the others, so writers must spread out.
+                    let jitter = rand::random::<u64>() % 50;
+                    let backoff = (10u64 << attempt.min(6)).min(400);
+                    tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
+                }
+                Err(TxError(e)) => break Err(e),
+            }
+        }
+    }};
+}
+
+/// What a unit of work needs, owned, so that it can run on a task of its own.
+#[derive(Clone)]
+struct Handle {
+    client: Client,
+    config: Arc<StorageConfig>,
+}
+
+impl SpannerStorage {
+    fn handle(&self) -> Handle {
+        Handle {
+            client: self.client.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Units of work run detached: a transaction is always committed or rolled back, even when
+/// the client goes away (an abandoned one would hold its locks until Spanner expires it).
+macro_rules! detached_unit {
+    ($self:ident, $this:ident => $($body:tt)*) => {{
+        let $this = $self.handle();
+        let deadline = $self.deadline;
+        crate::db::pooled::detached(async move {
+            let $this = &$this;
+            tokio::time::timeout(deadline, async { $($body)* })
+                .await
+                .map_err(|_| ApiError::new(ErrorKind::Conflict, "spanner did not answer in time"))?
+        })
+        .await
+    }};
+}
+
+#[async_trait]
+impl StorageDb for SpannerStorage {
+    async fn info(
+        &self,
+        user: &UserId,
+        kind: InfoKind,
+        precondition: Precondition,
+    ) -> ApiResult<Info> {
+        let user = user.clone();
+        detached_unit!(self, this => read_unit!(this, |tx, _config| ops::info(tx, &user, kind, precondition).await))
+    }
+
+    async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage> {
+        detached_unit!(self, this => read_unit!(this, |tx, config| ops::get_bsos(tx, config, &params).await))
+    }
+
+    async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {
+        detached_unit!(self, this => read_unit!(this, |tx, _config| ops::get_bso(tx, &params).await))
+    }
+
+    async fn put_bso(&self, params: PutBso) -> ApiResult<SyncTimestamp> {
+        detached_unit!(self, this => {
+            let target = &params.target;
+            write_unit!(this, &target.user, Some(target.collection.as_str()), |tx, scope, config| {
+                ops::put_bso(tx, scope, config, &params).await
+            })
+        })
+    }
+
+    async fn post_bsos(&self, params: PostBsos) -> ApiResult<PostResult> {
+        detached_unit!(self, this => {
+            let target = &params.target;
+            write_unit!(this, &target.user, Some(target.collection.as_str()), |tx, scope, config| {
+                ops::post_bsos(tx, scope, config, &params).await
+            })
+        })
+    }
+
+    async fn delete_bso(&self, params: BsoRef) -> ApiResult<SyncTimestamp> {
+        detached_unit!(self, this => {
+            write_unit!(this, &params.user, Some(params.collection.as_str()), |tx, scope, config| {
+                ops::delete_bso(tx, scope, config, &params).await
+            })
+        })
+    }
+
+    async fn delete_bsos(&self, params: DeleteBsos) -> ApiResult<SyncTimestamp> {
+        detached_unit!(self, this => {
+            let target = &params.target;
+            write_unit!(this, &target.user, Some(target.collection.as_str()), |tx, scope, config| {
+                ops::delete_bsos(tx, scope, config, &params).await
+            })
+        })
+    }
+
+    async fn delete_collection(&self, params: CollectionRef) -> ApiResult<DeletedCollection> {
+        detached_unit!(self, this => {
+            write_unit!(this, &params.user, Some(params.collection.as_str()), |tx, scope, _config| {
+                ops::delete_collection(tx, scope, &params).await
+            })
+        })
+    }
+
+    async fn delete_storage(
+        &self,
+        user: &UserId,
+        precondition: Precondition,
+    ) -> ApiResult<SyncTimestamp> {
+        let user = user.clone();
+        detached_unit!(self, this => {
+            write_unit!(this, &user, None, |tx, _scope, _config| ops::delete_storage(tx, &user, precondition).await)
+        })
+    }
+
+    async fn check(&self) -> ApiResult<()> {
+        detached_unit!(self, this => read_unit!(this, |tx, _config| {
+            let mut iter = tx.query(Statement::new("SELECT 1")).await.map_err(status_error)?;
+            iter.next().await.map_err(status_error)?;
+            Ok(())
+        }))
+    }
+
+    async fn purge_expired(&self) -> ApiResult<PurgeStats> {
+        let nobody = UserId::from_uid(0);
+        detached_unit!(self, this => {
+            write_unit!(this, &nobody, None, |tx, _scope, _config| ops::purge_expired(tx, SyncTimestamp::now()).await)
+        })
+    }
+
+    fn pool_state(&self) -> PoolState {
+        let open = self.client.session_count() as u32;
+        PoolState {
+            active: 0,
+            idle: open,
+            max_size: self.max_sessions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            database_path("spanner://projects/p/instances/i/databases/d").unwrap(),
+            "projects/p/instances/i/databases/d"
+        );
+        for bad in [
+            "spanner://projects/p",
+            "spanner://projects/p/instances/i/tables/d",
+            "spanner://projects//instances/i/databases/d",
+        ] {
+            assert!(database_path(bad).is_err(), "{bad}");
+        }
+    }
+}
