@@ -1,7 +1,10 @@
-.PHONY: run run_mysql run_postgres test lint fmt build ci
+.PHONY: run run_mysql run_postgres run_spanner test lint fmt build ci
 
 MYSQL_URL ?= mysql://root@127.0.0.1:3306/syncstorage
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/syncstorage
+SPANNER_URL ?= spanner://projects/test-project/instances/test-instance/databases/syncstorage
+SPANNER_EMULATOR_HOST ?= 127.0.0.1:9010
+SPANNER_EMULATOR_REST ?= http://127.0.0.1:9020
 
 run:
 	cargo run --release
@@ -16,6 +19,17 @@ run_postgres:
 	psql -h 127.0.0.1 -U postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'syncstorage'" | grep -q 1 \
 	  || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE syncstorage"
 	SYNC_SYNCSTORAGE__DATABASE_URL=$(POSTGRES_URL) cargo run --release
+
+# The Cloud Spanner emulator (started here unless it already answers); the server creates
+# the database and its schema at start-up.
+run_spanner:
+	curl -sf $(SPANNER_EMULATOR_REST)/v1/projects/test-project/instances >/dev/null \
+	  || { (cd /usr/lib/google-cloud-sdk/bin/cloud_spanner_emulator && nohup ./gateway_main \
+	        --hostname 127.0.0.1 --grpc_port 9010 --http_port 9020 >/tmp/spanner-emulator.log 2>&1 &); sleep 3; }
+	curl -s -X POST $(SPANNER_EMULATOR_REST)/v1/projects/test-project/instances \
+	  -d '{"instanceId":"test-instance","instance":{"config":"emulator-config","displayName":"test","nodeCount":1}}' >/dev/null
+	SYNC_SYNCSTORAGE__DATABASE_URL=$(SPANNER_URL) SYNC_SYNCSTORAGE__SPANNER_EMULATOR_HOST=$(SPANNER_EMULATOR_HOST) \
+	  cargo run --release
 
 test:
 	cargo test
