@@ -110,8 +110,9 @@ fn mint(
         node: node.to_owned(),
         expires: (now + duration) as f64,
         salt: tokenlib::new_salt(),
-        fxa_uid: String::new(),
-        fxa_kid: String::new(),
+        // Spanner keys users by these: a stable identity per uid, as a tokenserver gives.
+        fxa_uid: format!("{uid:032x}"),
+        fxa_kid: "0000000000000-".into(),
         hashed_fxa_uid: String::new(),
         hashed_device_id: String::new(),
         tokenserver_origin: Some("rust".into()),

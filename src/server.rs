@@ -120,10 +120,7 @@ async fn open_tokenserver(
         crate::settings::create_private_dir(&settings.data_dir)?;
     }
     let db = db::tokenserver::open_tokenserver_db(&url, &ts.pool())?;
-    let node = ts
-        .init_node_url
-        .clone()
-        .unwrap_or_else(|| public_url(settings, addr));
+    let node = public_url(settings, addr);
     let node_type = ts
         .node_type
         .clone()
@@ -136,6 +133,6 @@ async fn open_tokenserver(
         node_type,
     )
     .await?;
-    slog_scope::info!("tokenserver enabled"; "node" => &node);
+    slog_scope::info!("tokenserver enabled"; "public_url" => &node);
     Ok(tokenserver)
 }

@@ -51,8 +51,13 @@ async fn open(enable_quota: bool, quota_limit: u32) -> Backend {
     }
 }
 
+/// A user as a token names it: the uid, and the fxa_uid/fxa_kid Spanner keys users by.
 fn user(uid: u64) -> UserId {
-    UserId::from_uid(uid)
+    UserId {
+        fxa_uid: format!("{uid:032x}"),
+        fxa_kid: "0000000001234-qqo".into(),
+        ..UserId::from_uid(uid)
+    }
 }
 
 fn coll(uid: u64, name: &str) -> CollectionRef {

@@ -902,6 +902,31 @@ async fn self_node_and_public_url() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].node, env.server.base);
     assert_eq!((nodes[0].capacity, nodes[0].available), (100_000, 100_000));
+    // public_url set after a first start: the node (no users yet) follows it.
+    let ts_url = env.server.tokenserver_database_url.clone();
+    let moved = ts_env_with(|s| {
+        s.public_url = Some("https://first.example.org".into());
+        s.tokenserver.database_url = Some(ts_url);
+    })
+    .await;
+    let nodes = moved.nodes();
+    assert_eq!(
+        (nodes.len(), nodes[0].node.as_str()),
+        (1, "https://first.example.org")
+    );
+    // Once it has users, it stays: they are not moved behind their back.
+    moved.ok("first", None, &key_id(1, "aaaa")).await;
+    let ts_url = moved.server.tokenserver_database_url.clone();
+    let again = ts_env_with(|s| {
+        s.public_url = Some("https://second.example.org".into());
+        s.tokenserver.database_url = Some(ts_url);
+    })
+    .await;
+    let nodes = again.nodes();
+    assert_eq!(
+        (nodes.len(), nodes[0].node.as_str()),
+        (1, "https://first.example.org")
+    );
     let env = ts_env_with(|s| s.public_url = Some("https://sync.example.org/".into())).await;
     let body = env.ok("pub", None, &key_id(1, "aaaa")).await;
     assert_eq!(

@@ -13,13 +13,23 @@ use super::oauth::{Jwk, LocalOutcome, VerifiedToken, has_sync_scope, verify_loca
 const JWKS_TTL: Duration = Duration::from_secs(3600);
 /// A token no cached key accepts triggers a refetch (key rotation), at most this often (FxA publishes its next key ahead of use).
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(5);
+/// After a failed fetch, requests use what is cached (or FxA's verify endpoint) this long
+/// instead of each waiting on FxA again.
+const JWKS_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// Fetched keys and when; when the last fetch failed.
+#[derive(Default)]
+struct KeyCache {
+    keys: Option<(Instant, Vec<Jwk>)>,
+    failed_at: Option<Instant>,
+}
 
 pub struct FxaVerifier {
     configured: Vec<Jwk>,
     server_url: String,
     agent: ureq::Agent,
     /// Keys fetched from `<server>/v1/jwks` and when.
-    fetched: Mutex<Option<(Instant, Vec<Jwk>)>>,
+    fetched: Mutex<KeyCache>,
 }
 
 #[derive(Deserialize)]
@@ -48,7 +58,7 @@ impl FxaVerifier {
             configured,
             server_url: server_url.trim_end_matches('/').to_owned(),
             agent: ureq::Agent::new_with_config(config),
-            fetched: Mutex::new(None),
+            fetched: Mutex::new(KeyCache::default()),
         }
     }
 
@@ -73,15 +83,27 @@ impl FxaVerifier {
         }
     }
 
-    /// The cached key set, fetched when missing or stale (`refresh`: when older than `JWKS_MIN_REFRESH`).
-    /// A failed fetch yields no keys (and remote verification) and is not cached.
+    /// The cached key set, fetched when missing or stale (`refresh`: when older than
+    /// `JWKS_MIN_REFRESH`). A failed fetch keeps the old keys (none: remote verification) and
+    /// is not retried for `JWKS_RETRY_AFTER_FAILURE`.
     async fn fetched_keys(&self, refresh: bool) -> Vec<Jwk> {
         let mut cache = self.fetched.lock().await;
-        if let Some((at, keys)) = cache.as_ref() {
+        let cached = cache
+            .keys
+            .as_ref()
+            .map(|(_, k)| k.clone())
+            .unwrap_or_default();
+        if let Some((at, _)) = &cache.keys {
             let max_age = if refresh { JWKS_MIN_REFRESH } else { JWKS_TTL };
             if at.elapsed() < max_age {
-                return keys.clone();
+                return cached;
             }
+        }
+        if cache
+            .failed_at
+            .is_some_and(|at| at.elapsed() < JWKS_RETRY_AFTER_FAILURE)
+        {
+            return cached;
         }
         let url = format!("{}/v1/jwks", self.server_url);
         let keys = match self.request(url, None).await {
@@ -98,12 +120,16 @@ impl FxaVerifier {
         };
         match keys {
             Some(keys) => {
-                *cache = Some((Instant::now(), keys.clone()));
+                *cache = KeyCache {
+                    keys: Some((Instant::now(), keys.clone())),
+                    failed_at: None,
+                };
                 keys
             }
             None => {
                 slog_scope::warn!("cannot fetch FxA JWKS"; "server" => &self.server_url);
-                cache.as_ref().map(|(_, k)| k.clone()).unwrap_or_default()
+                cache.failed_at = Some(Instant::now());
+                cached
             }
         }
     }

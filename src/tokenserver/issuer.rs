@@ -12,11 +12,11 @@ use super::keyid::KeyId;
 use super::nodes::DEFAULT_RELEASE_RATE;
 use super::oauth::{self, VerifiedToken};
 use super::settings::TokenserverSettings;
-use super::users::NewRow;
+use super::users::{NewRow, RETIRED};
 use super::{TokenserverError, TsResult};
 use crate::auth::{Secrets, TokenPayload, new_salt};
 use crate::db::tokenserver::{
-    SYNC_SERVICE, Service, SharedTokenserverDb, UserLookup, UserRecord, UserUpdate,
+    SYNC_SERVICE, SelfNode, Service, SharedTokenserverDb, UserLookup, UserRecord, UserUpdate,
 };
 
 const DELETE_USER_EVENT: &str = "https://schemas.accounts.firefox.com/event/delete-user";
@@ -61,12 +61,13 @@ fn now_ms() -> i64 {
 }
 
 impl Tokenserver {
-    /// Opens the database and makes sure the service and the start-up node exist.
+    /// Opens the database and makes sure the service and the start-up node exist: the
+    /// `init_node_url` node, else this server itself at `public_url`.
     pub async fn open(
         db: SharedTokenserverDb,
         settings: TokenserverSettings,
         secrets: Secrets,
-        node_url: &str,
+        public_url: &str,
         node_type: String,
     ) -> Result<Self, String> {
         let service = db
@@ -78,9 +79,28 @@ impl Tokenserver {
                     "tokenserver database: no {SYNC_SERVICE:?} row in services (run the migrations)"
                 )
             })?;
-        db.ensure_node(service.id, node_url, settings.init_node_capacity)
-            .await
-            .map_err(|e| format!("tokenserver database: {}", e.description))?;
+        let capacity = settings.init_node_capacity;
+        let db_error = |e: TokenserverError| format!("tokenserver database: {}", e.description);
+        match &settings.init_node_url {
+            Some(url) => db
+                .ensure_node(service.id, url, capacity)
+                .await
+                .map_err(db_error)?,
+            None => match db
+                .ensure_self_node(service.id, public_url, capacity)
+                .await
+                .map_err(db_error)?
+            {
+                SelfNode::Renamed(old) => slog_scope::info!("node renamed to public_url";
+                    "from" => old, "to" => public_url),
+                SelfNode::Assigned(old) => slog_scope::warn!(
+                    "the only node is not public_url and has users; they keep it \
+                     (UPDATE nodes SET node = ... to move them)";
+                    "node" => old, "public_url" => public_url),
+                SelfNode::Several => slog_scope::info!("several nodes: managed by the operator"),
+                SelfNode::Inserted | SelfNode::Kept => {}
+            },
+        }
         let verifier = FxaVerifier::new(
             settings.jwks(),
             &settings.fxa_oauth_server_url,
@@ -243,7 +263,10 @@ impl Tokenserver {
                 self.db_call(self.db.retire_user(self.service.id, &email, now_ms()))
                     .await?;
             } else if name == PASSWORD_CHANGE_EVENT
-                && let Some(change_time) = body.get("changeTime").and_then(|t| t.as_i64())
+                && let Some(change_time) = body
+                    .get("changeTime")
+                    .and_then(|t| t.as_i64())
+                    .filter(|t| *t > 0 && *t < RETIRED)
             {
                 self.db_call(
                     self.db

@@ -12,6 +12,9 @@ pub struct KeyId {
     pub client_state: String,
 }
 
+/// The longest client state (16 bytes: the users.client_state column holds 32 hex digits).
+pub const MAX_CLIENT_STATE_BYTES: usize = 16;
+
 /// `<keys_changed_at>-<base64url-nopad(client state bytes)>`, split at the first `-`.
 pub fn parse_key_id(header: Option<&str>) -> Result<KeyId, TokenserverError> {
     let header =
@@ -28,6 +31,10 @@ pub fn parse_key_id(header: Option<&str>) -> Result<KeyId, TokenserverError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(state)
         .map_err(|_| TokenserverError::invalid_credentials())?;
+    // client_state is at most 32 hex characters in every tokenserver database.
+    if bytes.len() > MAX_CLIENT_STATE_BYTES {
+        return Err(TokenserverError::invalid_credentials());
+    }
     Ok(KeyId {
         keys_changed_at: (kca != 0).then_some(kca),
         client_state: hex::encode(bytes),
@@ -82,6 +89,14 @@ mod tests {
             parse_key_id(Some("12é-qqo")).unwrap_err().description,
             "Invalid X-KeyID header"
         );
+        // 17 bytes of client state: longer than any tokenserver database stores.
+        let too_long = format!("1-{}", URL_SAFE_NO_PAD.encode([0xaa; 17]));
+        assert_eq!(
+            parse_key_id(Some(&too_long)).unwrap_err().status,
+            "invalid-credentials"
+        );
+        let longest = format!("1-{}", URL_SAFE_NO_PAD.encode([0xaa; 16]));
+        assert_eq!(parse_key_id(Some(&longest)).unwrap().client_state.len(), 32);
         for bad in ["1234-state!", "nodash", "abc-qqo", "1234-q"] {
             let e = parse_key_id(Some(bad)).unwrap_err();
             assert_eq!(

@@ -181,15 +181,20 @@ impl SpannerStorage {
 /// A read-only unit of work on one strong snapshot: `|tx, config| body`.
 macro_rules! read_unit {
     ($self:ident, |$tx:ident, $config:ident| $body:expr) => {{
-        let mut ro = $self
-            .client
-            .read_only_transaction()
-            .await
-            .map_err(client_error)?;
-        let $tx: &mut gcloud_spanner::transaction::Transaction = &mut ro;
-        let $config: &StorageConfig = &$self.config;
-        let _ = $config;
-        $body
+        // A read-only transaction holds no locks: past the deadline it is simply dropped.
+        tokio::time::timeout($self.deadline, async {
+            let mut ro = $self
+                .client
+                .read_only_transaction()
+                .await
+                .map_err(client_error)?;
+            let $tx: &mut gcloud_spanner::transaction::Transaction = &mut ro;
+            let $config: &StorageConfig = &$self.config;
+            let _ = $config;
+            $body
+        })
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
     }};
 }
 
@@ -202,12 +207,13 @@ macro_rules! write_unit {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut rw = $self
-                .client
-                .begin_read_write_transaction()
-                .await
-                .map_err(client_error)?;
-            let result: Result<_, TxError> = async {
+            // Every step is bounded: an unreachable Spanner is a 503, never a hang.
+            let mut rw =
+                tokio::time::timeout($self.deadline, $self.client.begin_read_write_transaction())
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(client_error)?;
+            let body = async {
                 let $tx: &mut gcloud_spanner::transaction_rw::ReadWriteTransaction = &mut rw;
                 let scope = ops::begin_write($tx, user, collection)
                     .await
@@ -216,9 +222,16 @@ macro_rules! write_unit {
                 let $config: &StorageConfig = &$self.config;
                 let _ = $config;
                 $body.map_err(TxError)
-            }
-            .await;
-            match rw.end(result, None).await {
+            };
+            // Past the deadline the body is abandoned and the transaction rolled back (never
+            // left open holding its locks); the commit itself is bounded by the RPC timeout.
+            let result: Result<_, TxError> = tokio::time::timeout($self.deadline, body)
+                .await
+                .unwrap_or_else(|_| Err(TxError(timed_out())));
+            let ended = tokio::time::timeout($self.deadline, rw.end(result, None))
+                .await
+                .unwrap_or_else(|_| Err(TxError(timed_out())));
+            match ended {
                 Ok((_, value)) => break Ok(value),
                 Err(TxError(e)) if e.message.starts_with(ABORTED) && attempt < WRITE_ATTEMPTS => {
                     // Exponential, jittered: the emulator runs one transaction at a time and
@@ -238,6 +251,11 @@ macro_rules! write_unit {
 struct Handle {
     client: Client,
     config: Arc<StorageConfig>,
+    deadline: Duration,
+}
+
+fn timed_out() -> ApiError {
+    ApiError::new(ErrorKind::Conflict, "spanner did not answer in time")
 }
 
 impl SpannerStorage {
@@ -245,6 +263,7 @@ impl SpannerStorage {
         Handle {
             client: self.client.clone(),
             config: self.config.clone(),
+            deadline: self.deadline,
         }
     }
 }
@@ -254,12 +273,9 @@ impl SpannerStorage {
 macro_rules! detached_unit {
     ($self:ident, $this:ident => $($body:tt)*) => {{
         let $this = $self.handle();
-        let deadline = $self.deadline;
         crate::db::pooled::detached(async move {
             let $this = &$this;
-            tokio::time::timeout(deadline, async { $($body)* })
-                .await
-                .map_err(|_| ApiError::new(ErrorKind::Conflict, "spanner did not answer in time"))?
+            $($body)*
         })
         .await
     }};
@@ -347,10 +363,20 @@ impl StorageDb for SpannerStorage {
         }))
     }
 
+    /// Spanner's row deletion policies purge expired rows by themselves; this does it now,
+    /// with partitioned DML (no single transaction's mutation limit applies).
     async fn purge_expired(&self) -> ApiResult<PurgeStats> {
-        let nobody = UserId::from_uid(0);
         detached_unit!(self, this => {
-            write_unit!(this, &nobody, None, |tx, _scope, _config| ops::purge_expired(tx, SyncTimestamp::now()).await)
+            let now = SyncTimestamp::now().as_i64();
+            let mut removed = [0i64; 2];
+            for (i, table) in ["bsos", "batches"].iter().enumerate() {
+                let mut stmt = Statement::new(format!(
+                    "DELETE FROM {table} WHERE expiry <= TIMESTAMP_MILLIS(@now)"
+                ));
+                stmt.add_param("now", &now);
+                removed[i] = this.client.partitioned_update(stmt).await.map_err(client_error)?;
+            }
+            Ok(PurgeStats { bsos: removed[0].max(0) as usize, batches: removed[1].max(0) as usize })
         })
     }
 

@@ -14,7 +14,7 @@ use super::status_error;
 use crate::db::sql::ops::{MAX_CLOCK_WAIT_MS, TOMBSTONE};
 use crate::db::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody,
-    InfoKind, PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, UserId, not_found,
+    InfoKind, PostBsos, PostResult, PutBso, StorageConfig, UserId, not_found,
 };
 use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::protocol::bso::{ModifiedRule, apply_update};
@@ -47,6 +47,15 @@ pub struct Scope {
     pub cid: i64,
     pub t: SyncTimestamp,
     pub collection_ts: SyncTimestamp,
+}
+
+/// Spanner keys users by fxa_uid/fxa_kid: a token without them (minted by a tokenserver that
+/// leaves them out) cannot name a user here, and must not share an empty key with others.
+fn require_identity(user: &UserId) -> ApiResult<()> {
+    if user.fxa_uid.is_empty() || user.fxa_kid.is_empty() {
+        return Err(ApiError::unauthorized("token carries no fxa_uid/fxa_kid"));
+    }
+    Ok(())
 }
 
 /// A statement with the user's key bound as @fxa_uid / @fxa_kid.
@@ -253,6 +262,7 @@ pub async fn info(
     kind: InfoKind,
     precondition: Precondition,
 ) -> ApiResult<Info> {
+    require_identity(user)?;
     let storage_ts = storage_ts(tx, user).await?;
     precondition.check(storage_ts)?;
     let now = SyncTimestamp::now();
@@ -299,6 +309,9 @@ pub async fn info(
 
 // ---- reading records ----
 
+/// An ids-only listing reads no payloads (the fields `stored` expects, empty).
+const ID_COLUMNS: &str = "bso_id, CAST(NULL AS STRING) AS payload, CAST(NULL AS INT64) AS sortindex, \
+     UNIX_MILLIS(modified) AS modified, CAST(0 AS INT64) AS expiry";
 const BSO_COLUMNS: &str =
     "bso_id, payload, sortindex, UNIX_MILLIS(modified) AS modified, UNIX_MILLIS(expiry) AS expiry";
 
@@ -340,8 +353,9 @@ async fn list_bsos(
     max_records: u32,
 ) -> ApiResult<(Vec<Bso>, Option<Offset>)> {
     let limit = q.limit.unwrap_or(max_records).min(max_records);
+    let columns = if q.full { BSO_COLUMNS } else { ID_COLUMNS };
     let mut sql = format!(
-        "SELECT {BSO_COLUMNS} FROM bsos WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid \
+        "SELECT {columns} FROM bsos WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid \
          AND collection_id = @cid AND expiry > TIMESTAMP_MILLIS(@now)"
     );
     if !q.ids.is_empty() {
@@ -359,9 +373,10 @@ async fn list_bsos(
         _ => {}
     }
     sql.push_str(match q.sort {
-        Sort::Newest => " ORDER BY modified DESC, bso_id DESC",
-        Sort::Oldest => " ORDER BY modified ASC, bso_id ASC",
-        Sort::Index => " ORDER BY sortindex DESC, bso_id DESC",
+        // Qualified: the select list's aliases must not be what is sorted on.
+        Sort::Newest => " ORDER BY bsos.modified DESC, bsos.bso_id DESC",
+        Sort::Oldest => " ORDER BY bsos.modified ASC, bsos.bso_id ASC",
+        Sort::Index => " ORDER BY bsos.sortindex DESC, bsos.bso_id DESC",
     });
     sql.push_str(" LIMIT @limit OFFSET @skip");
     let mut stmt = user_stmt(&sql, user);
@@ -386,13 +401,6 @@ async fn list_bsos(
         .iter()
         .map(stored)
         .collect::<ApiResult<Vec<_>>>()?;
-    if !q.full {
-        for b in &mut found {
-            b.payload.clear();
-            b.sortindex = None;
-            b.expiry = 0;
-        }
-    }
     let more = found.len() > limit as usize;
     found.truncate(limit as usize);
     let next = more.then(|| {
@@ -407,6 +415,7 @@ pub async fn get_bsos(
     config: &StorageConfig,
     params: &GetBsos,
 ) -> ApiResult<BsoPage> {
+    require_identity(&params.target.user)?;
     let user = &params.target.user;
     let Some(cid) = collection_id(tx, &params.target.collection).await? else {
         params.target.precondition.check(SyncTimestamp::ZERO)?;
@@ -439,6 +448,7 @@ fn modified_of(bso: &Option<StoredBso>) -> SyncTimestamp {
 }
 
 pub async fn get_bso(tx: &mut Transaction, params: &BsoRef) -> ApiResult<Bso> {
+    require_identity(&params.user)?;
     let found = match collection_id(tx, &params.collection).await? {
         Some(cid) => get_live_bso(tx, &params.user, cid, &params.id, SyncTimestamp::now()).await?,
         None => None,
@@ -532,6 +542,10 @@ pub async fn begin_write(
     user: &UserId,
     collection: Option<&str>,
 ) -> ApiResult<Scope> {
+    // purge_expired runs for no user.
+    if collection.is_some() || !user.fxa_uid.is_empty() {
+        require_identity(user)?;
+    }
     let mut scope = Scope {
         fxa_uid: user.fxa_uid.clone(),
         fxa_kid: user.fxa_kid.clone(),
@@ -788,13 +802,44 @@ async fn stage(
 }
 
 /// Applies everything staged with one T, then drops the batch (its items cascade).
+///
+/// The commit request's own records are merged in memory rather than staged first: staging
+/// them would spend mutations of the one commit transaction, whose budget a full batch
+/// (max_total_records × 8 cells) already uses up. The limits and quota are checked the same.
 async fn commit_batch(
     tx: &mut ReadWriteTransaction,
     scope: &Scope,
+    user: &UserId,
     config: &StorageConfig,
     batch: &str,
+    last: &[BsoUpdate],
 ) -> ApiResult<SyncTimestamp> {
-    let staged = staged_items(tx, scope, batch, None).await?;
+    let mut staged = staged_items(tx, scope, batch, None).await?;
+    let mut index: HashMap<String, usize> = staged
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.id.clone(), i))
+        .collect();
+    for u in last {
+        match index.get(&u.id) {
+            Some(&i) => staged[i] = staged[i].merged_with(u),
+            None => {
+                index.insert(u.id.clone(), staged.len());
+                staged.push(u.clone());
+            }
+        }
+    }
+    let bytes: i64 = staged.iter().map(|u| u.payload_bytes() as i64).sum();
+    let limits = &config.limits;
+    if staged.len() as i64 > i64::from(limits.max_total_records)
+        || bytes > i64::from(limits.max_total_bytes)
+    {
+        return Err(ApiError::new(
+            ErrorKind::SizeLimit,
+            "batch over max_total_records or max_total_bytes",
+        ));
+    }
+    check_quota(tx, scope, user, config, bytes).await?;
     apply_updates(tx, scope, &staged, ModifiedRule::Always).await?;
     let stmt = batch_stmt(
         "DELETE FROM batches WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid \
@@ -856,8 +901,10 @@ pub async fn post_bsos(
         }
         BatchRequest::Commit(id) => {
             let batch = find_batch(tx, scope, id).await?;
-            stage(tx, scope, user, config, &batch, &items.valid).await?;
-            (commit_batch(tx, scope, config, &batch).await?, None)
+            (
+                commit_batch(tx, scope, user, config, &batch, &items.valid).await?,
+                None,
+            )
         }
     };
     Ok(PostResult {
@@ -946,6 +993,7 @@ pub async fn delete_storage(
     user: &UserId,
     precondition: Precondition,
 ) -> ApiResult<SyncTimestamp> {
+    require_identity(user)?;
     let before = storage_ts(tx, user).await?;
     precondition.check(before)?;
     let stmt = user_stmt(
@@ -954,34 +1002,4 @@ pub async fn delete_storage(
     );
     exec(tx, stmt).await?;
     Ok(before)
-}
-
-/// What the row deletion policies will remove anyway, removed now.
-pub async fn purge_expired(
-    tx: &mut ReadWriteTransaction,
-    now: SyncTimestamp,
-) -> ApiResult<PurgeStats> {
-    let now = now.as_i64();
-    let bsos = exec(
-        tx,
-        param(
-            Statement::new("DELETE FROM bsos WHERE expiry <= TIMESTAMP_MILLIS(@now)"),
-            "now",
-            &now,
-        ),
-    )
-    .await?;
-    let batches = exec(
-        tx,
-        param(
-            Statement::new("DELETE FROM batches WHERE expiry <= TIMESTAMP_MILLIS(@now)"),
-            "now",
-            &now,
-        ),
-    )
-    .await?;
-    Ok(PurgeStats {
-        bsos: bsos as usize,
-        batches: batches as usize,
-    })
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::{Service, TokenserverDb, TsResult, UserLookup, UserRecord, UserUpdate};
+use super::{SelfNode, Service, TokenserverDb, TsResult, UserLookup, UserRecord, UserUpdate};
 use crate::db::sql::PoolSettings;
 use crate::db::sqlite::SqliteTarget;
 use crate::db::{mysql, postgres};
@@ -93,6 +93,11 @@ impl TokenserverDb for SqliteTokenserverDb {
     async fn ensure_node(&self, service: i32, url: &str, capacity: i32) -> TsResult<()> {
         let url = url.to_owned();
         self.unit(move |c| Ok(sqlite_ops::ensure_node(c, service, &url, capacity)?))
+            .await
+    }
+    async fn ensure_self_node(&self, service: i32, url: &str, capacity: i32) -> TsResult<SelfNode> {
+        let url = url.to_owned();
+        self.unit(move |c| Ok(sqlite_ops::ensure_self_node(c, service, &url, capacity)?))
             .await
     }
     async fn retire_user(&self, service: i32, email: &str, now_ms: i64) -> TsResult<()> {
@@ -192,6 +197,20 @@ macro_rules! pooled_tokenserver {
                 })
                 .await
             }
+            async fn ensure_self_node(
+                &self,
+                service: i32,
+                url: &str,
+                capacity: i32,
+            ) -> TsResult<SelfNode> {
+                let url = url.to_owned();
+                self.unit(move |c| {
+                    Box::pin(async move {
+                        Ok($ops::ensure_self_node(c, service, &url, capacity).await?)
+                    })
+                })
+                .await
+            }
             async fn retire_user(&self, service: i32, email: &str, now_ms: i64) -> TsResult<()> {
                 let email = email.to_owned();
                 self.unit(move |c| {
@@ -250,11 +269,11 @@ pooled_tokenserver!(
     MYSQL_MIGRATIONS,
     before = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 );
-// PostgreSQL's default is READ COMMITTED already.
+// Explicit, in case the server's default isolation is stricter.
 pooled_tokenserver!(
     PostgresTokenserverDb,
     diesel_async::AsyncPgConnection,
     postgres_ops,
     POSTGRES_MIGRATIONS,
-    before = ""
+    before = "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"
 );

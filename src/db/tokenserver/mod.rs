@@ -65,6 +65,19 @@ pub struct UserUpdate {
     pub now_ms: i64,
 }
 
+/// What start-up did about the server's own node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelfNode {
+    Inserted,
+    Kept,
+    /// From this URL: the only node, with no users yet.
+    Renamed(String),
+    /// The only node is another URL and has users: left alone.
+    Assigned(String),
+    /// The operator manages several nodes: left alone.
+    Several,
+}
+
 #[async_trait]
 pub trait TokenserverDb: Send + Sync {
     /// The `services` row by name; `None` when it does not exist.
@@ -75,6 +88,8 @@ pub trait TokenserverDb: Send + Sync {
     async fn update_user(&self, update: UserUpdate) -> TsResult<i64>;
     /// Inserts the node unless the service already has it (`init_node_url`, the self node).
     async fn ensure_node(&self, service: i32, url: &str, capacity: i32) -> TsResult<()>;
+    /// The server as its own node (see `SelfNode`).
+    async fn ensure_self_node(&self, service: i32, url: &str, capacity: i32) -> TsResult<SelfNode>;
     /// Account deletion: retires every unreplaced row of the email (webhook).
     async fn retire_user(&self, service: i32, email: &str, now_ms: i64) -> TsResult<()>;
     /// Password change: raises the generation of unreplaced rows, never lowering it (webhook).

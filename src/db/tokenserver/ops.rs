@@ -255,6 +255,8 @@ macro_rules! tokenserver_ops {
             Ok(current.uid)
         }
 
+        /// Inserts the node unless the service has it; a concurrent insert of the same node
+        /// (another instance starting) is as good as ours.
         pub $($asy)* fn ensure_node(conn: &mut Conn, service: i32, url: &str, capacity: i32) -> QueryResult<()> {
             let exists = nodes::table
                 .filter(nodes::service.eq(service))
@@ -265,7 +267,7 @@ macro_rules! tokenserver_ops {
                 .optional()?
                 .is_some();
             if !exists {
-                diesel::insert_into(nodes::table)
+                let inserted = diesel::insert_into(nodes::table)
                     .values((
                         nodes::service.eq(service),
                         nodes::node.eq(url),
@@ -276,9 +278,55 @@ macro_rules! tokenserver_ops {
                         nodes::backoff.eq(0),
                     ))
                     .execute(conn)
-                    $($aw)*?;
+                    $($aw)*;
+                match inserted {
+                    Err(diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    )) => {}
+                    other => {
+                        other?;
+                    }
+                }
             }
             Ok(())
+        }
+
+        /// The server as its own node (no `init_node_url`): inserted when the service has no
+        /// node; renamed to `url` when the service's only node has no users yet (the self-hoster
+        /// set `public_url` after a first start). Anything else is the operator's and stays.
+        pub $($asy)* fn ensure_self_node(conn: &mut Conn, service: i32, url: &str, capacity: i32) -> QueryResult<$crate::db::tokenserver::SelfNode> {
+            use $crate::db::tokenserver::SelfNode;
+            let _ = allocate_lock(conn, service) $($aw)*?;
+            let existing: Vec<(i64, String)> = nodes::table
+                .filter(nodes::service.eq(service))
+                .select((nodes::id, nodes::node))
+                $(.$lock())?
+                .load(conn)
+                $($aw)*?;
+            match existing.as_slice() {
+                [] => {
+                    ensure_node(conn, service, url, capacity) $($aw)*?;
+                    Ok(SelfNode::Inserted)
+                }
+                [(_, node)] if node == url => Ok(SelfNode::Kept),
+                [(id, node)] => {
+                    let users: i64 = users::table
+                        .filter(users::nodeid.eq(*id))
+                        .count()
+                        .get_result(conn)
+                        $($aw)*?;
+                    if users > 0 {
+                        return Ok(SelfNode::Assigned(node.clone()));
+                    }
+                    diesel::update(nodes::table.find(*id))
+                        .set(nodes::node.eq(url))
+                        .execute(conn)
+                        $($aw)*?;
+                    Ok(SelfNode::Renamed(node.clone()))
+                }
+                _ => Ok(SelfNode::Several),
+            }
         }
 
         pub $($asy)* fn retire_user(conn: &mut Conn, service: i32, email: &str, now_ms: i64) -> QueryResult<usize> {
