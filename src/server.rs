@@ -32,24 +32,30 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
     }
     settings.resolve_master_secret()?;
     settings.clamp_limits_to_backend();
-    if !settings.syncstorage.enabled {
+    if !settings.syncstorage.enabled && !settings.tokenserver.enabled {
         return Err(
-            "syncstorage.enabled = false: this build serves storage only, so it must stay enabled"
-                .into(),
+            "syncstorage.enabled and tokenserver.enabled are both false: nothing to serve".into(),
         );
     }
     let storage_settings = &settings.syncstorage;
-    let storage = db::open_storage(
-        &settings.storage_url(),
-        &storage_settings.pool(),
-        storage_settings.spanner_emulator_host.as_deref(),
-        StorageConfig {
-            limits: storage_settings.limits.clone(),
-            enable_quota: storage_settings.enable_quota,
-            enforce_quota: storage_settings.enforce_quota,
-        },
-    )
-    .await?;
+    // syncstorage.enabled = false: a tokenserver-only process (its nodes serve storage).
+    let storage = if storage_settings.enabled {
+        Some(
+            db::open_storage(
+                &settings.storage_url(),
+                &storage_settings.pool(),
+                storage_settings.spanner_emulator_host.as_deref(),
+                StorageConfig {
+                    limits: storage_settings.limits.clone(),
+                    enable_quota: storage_settings.enable_quota,
+                    enforce_quota: storage_settings.enforce_quota,
+                },
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let listener = TcpListener::bind((settings.host.as_str(), settings.port)).map_err(|e| {
         format!(
             "host/port: cannot listen on {}:{}: {e}",

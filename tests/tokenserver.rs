@@ -1188,3 +1188,33 @@ async fn tokenserver_tables_count_one_service() {
         .v;
     assert_eq!(n, 1);
 }
+
+#[tokio::test]
+async fn tokenserver_only_process() {
+    // syncstorage.enabled = false: tokens for the nodes, no storage API here.
+    let env = ts_env_with(|s| {
+        s.syncstorage.enabled = false;
+        s.tokenserver.init_node_url = Some("https://storage.example".into());
+    })
+    .await;
+    let body = env.ok("only", None, &key_id(1, "aaaa")).await;
+    assert_eq!(
+        body["api_endpoint"],
+        format!("https://storage.example/1.5/{}", body["uid"])
+    );
+    let user = env.user(&body);
+    let r = user.get("/info/collections").await;
+    assert_eq!((r.status, r.body.as_str()), (404, "0"));
+    let r = env.server.raw(Method::GET, "/__heartbeat__").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["tokenserver_database"], "Ok");
+    assert!(r.json().get("database").is_none(), "{}", r.body);
+    // Both off: nothing to serve, a start-up error naming the settings.
+    let mut settings = Settings::load_from(None, Vec::new()).unwrap();
+    settings.data_dir = env.server.dir.path().join("off");
+    settings.port = 0;
+    settings.syncstorage.enabled = false;
+    settings.tokenserver.enabled = false;
+    let e = syncserver::server::start(settings).await.err().unwrap();
+    assert!(e.contains("syncstorage.enabled"), "{e}");
+}

@@ -30,7 +30,8 @@ use headers::{X_LAST_MODIFIED, X_WEAVE_TIMESTAMP};
 
 /// What every handler shares.
 pub struct AppState {
-    pub storage: SharedStorage,
+    /// `None` in a tokenserver-only process (`syncstorage.enabled = false`).
+    pub storage: Option<SharedStorage>,
     pub secrets: Secrets,
     pub limits: Limits,
     pub quota_enabled: bool,
@@ -45,7 +46,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(
-        storage: SharedStorage,
+        storage: Option<SharedStorage>,
         secrets: Secrets,
         limits: Limits,
         quota_enabled: bool,
@@ -60,6 +61,13 @@ impl AppState {
             tokenserver: None,
             fxa_webhook: false,
         }
+    }
+
+    /// The storage backend; storage routes exist only when there is one.
+    pub fn storage(&self) -> Result<&SharedStorage, ApiError> {
+        self.storage
+            .as_ref()
+            .ok_or_else(|| ApiError::new(ErrorKind::NotFound, "storage is disabled"))
     }
 
     pub fn with_tokenserver(
@@ -252,6 +260,7 @@ pub fn serve(
     keep_alive: Option<u32>,
 ) -> std::io::Result<Server> {
     let tokenserver_on = state.tokenserver.is_some();
+    let storage_on = state.storage.is_some();
     let webhook_on = state.fxa_webhook;
     let state = web::Data::new(state);
     let mut server = HttpServer::new(move || {
@@ -276,7 +285,11 @@ pub fn serve(
             .route("/__lbheartbeat__", web::get().to(ops::lbheartbeat))
             .route("/__version__", web::get().to(ops::version))
             .route("/__error__", web::get().to(ops::error))
-            .configure(storage_routes)
+            .configure(|cfg| {
+                if storage_on {
+                    storage_routes(cfg);
+                }
+            })
             .default_service(web::to(not_found))
     });
     if let Some(secs) = keep_alive {

@@ -13,7 +13,11 @@ pub async fn heartbeat(state: Data<AppState>) -> HttpResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "quota": {"enabled": state.quota_enabled, "size": state.limits.max_quota_limit},
     });
-    let status = match state.storage.check().await {
+    let check = match &state.storage {
+        Some(storage) => storage.check().await,
+        None => Ok(()),
+    };
+    let status = match check {
         Ok(()) => {
             body["database"] = json!("Ok");
             body["status"] = json!("Ok");
@@ -27,6 +31,10 @@ pub async fn heartbeat(state: Data<AppState>) -> HttpResponse {
             StatusCode::SERVICE_UNAVAILABLE
         }
     };
+    if state.storage.is_none() {
+        // Tokenserver-only: there is no storage database to report on.
+        body.as_object_mut().map(|o| o.remove("database"));
+    }
     let mut status = status;
     if let Some(ts) = &state.tokenserver {
         match ts.db.check().await {
@@ -48,7 +56,11 @@ pub async fn lbheartbeat(state: Data<AppState>) -> HttpResponse {
     if state.lb_deadline.is_some_and(|d| Instant::now() >= d) {
         return HttpResponse::InternalServerError().json(json!({}));
     }
-    let pool = state.storage.pool_state();
+    let Some(storage) = &state.storage else {
+        // Tokenserver-only: no storage pool to watch.
+        return HttpResponse::Ok().json(json!({}));
+    };
+    let pool = storage.pool_state();
     let mut body = json!({"active_connections": pool.active, "idle_connections": pool.idle});
     let mut exhausted_since = state
         .exhausted_since

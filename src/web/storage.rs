@@ -61,7 +61,10 @@ fn with_records(mut resp: HttpResponse, records: usize) -> HttpResponse {
 async fn info(req: HttpRequest, state: Data<AppState>, kind: InfoKind) -> ApiResult<HttpResponse> {
     // info/collections accepts expired tokens (SPEC 2.5).
     let user = authenticate(&req, &state, kind == InfoKind::Collections)?;
-    let info = state.storage.info(&user, kind, precondition(&req)?).await?;
+    let info = state
+        .storage()?
+        .info(&user, kind, precondition(&req)?)
+        .await?;
     let ts = info.storage_ts;
     Ok(match info.body {
         InfoBody::Timestamps(m) => with_records(ok(ts, &m), m.len()),
@@ -98,7 +101,7 @@ pub async fn info_configuration(state: Data<AppState>) -> HttpResponse {
 pub async fn delete_storage(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
     let user = authenticate(&req, &state, false)?;
     let before = state
-        .storage
+        .storage()?
         .delete_storage(&user, precondition(&req)?)
         .await?;
     Ok(ok(before, &serde_json::Value::Null))
@@ -111,7 +114,7 @@ pub async fn get_collection(req: HttpRequest, state: Data<AppState>) -> ApiResul
     let format = negotiate_output(header(&req, "Accept"))?;
     let full = query.full;
     let target = collection_ref(&req, user, collection)?;
-    let page = state.storage.get_bsos(GetBsos { target, query }).await?;
+    let page = state.storage()?.get_bsos(GetBsos { target, query }).await?;
     let count = page.items.len();
     let mut builder = HttpResponse::Ok();
     builder.insert_header((X_LAST_MODIFIED, page.collection_ts.to_string()));
@@ -165,7 +168,7 @@ pub async fn post_collection(
     let batch = BatchRequest::parse(req.query_string())?;
     let target = collection_ref(&req, user, collection)?;
     let result = state
-        .storage
+        .storage()?
         .post_bsos(PostBsos {
             target,
             items,
@@ -208,13 +211,13 @@ pub async fn delete_collection(req: HttpRequest, state: Data<AppState>) -> ApiRe
     Ok(match ids {
         Some(ids) => {
             let t = state
-                .storage
+                .storage()?
                 .delete_bsos(DeleteBsos { target, ids })
                 .await?;
             ok(t, &t)
         }
         None => {
-            let deleted = state.storage.delete_collection(target).await?;
+            let deleted = state.storage()?.delete_collection(target).await?;
             // X-Last-Modified is the pre-delete timestamp; the write's own T is the body.
             let mut resp = ok(deleted.previous_ts, &deleted.storage_ts);
             resp.headers_mut().insert(
@@ -244,7 +247,7 @@ fn bso_ref(req: &HttpRequest, state: &AppState) -> ApiResult<BsoRef> {
 
 pub async fn get_bso(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
     let target = bso_ref(&req, &state)?;
-    let bso = state.storage.get_bso(target).await?;
+    let bso = state.storage()?.get_bso(target).await?;
     Ok(ok(bso.modified, &bso))
 }
 
@@ -262,13 +265,13 @@ pub async fn put_bso(
     let bso = parse_put_body(&body, format, &collection, &id, &limits)?;
     // X-If-* syntax is checked after the body (SPEC 1.12).
     let target = collection_ref(&req, user, collection)?;
-    let t = state.storage.put_bso(PutBso { target, bso }).await?;
+    let t = state.storage()?.put_bso(PutBso { target, bso }).await?;
     Ok(ok(t, &t))
 }
 
 pub async fn delete_bso(req: HttpRequest, state: Data<AppState>) -> ApiResult<HttpResponse> {
     let target = bso_ref(&req, &state)?;
-    let t = state.storage.delete_bso(target).await?;
+    let t = state.storage()?.delete_bso(target).await?;
     Ok(ok(t, &ModifiedBody { modified: t }))
 }
 

@@ -228,6 +228,29 @@ macro_rules! boxed_with_binds {
     }};
 }
 
+/// Runs a `Sql` with diesel's `$method` on whichever SQL engine `$conn` is (binds applied per
+/// engine; PostgreSQL gets numbered placeholders).
+macro_rules! on_sql_engine {
+    ($sql:expr, $conn:expr, $method:ident) => {{
+        let sql: Sql = $sql;
+        match $conn {
+            AnyConnection::Sqlite(c) => {
+                boxed_with_binds!(diesel::sqlite::Sqlite, sql.text, sql.binds).$method(c)
+            }
+            AnyConnection::Mysql(slot) => off_thread(slot, move |c| {
+                boxed_with_binds!(diesel::mysql::Mysql, sql.text, sql.binds).$method(c)
+            }),
+            AnyConnection::Pg(slot) => off_thread(slot, move |c| {
+                boxed_with_binds!(diesel::pg::Pg, numbered_placeholders(&sql.text), sql.binds)
+                    .$method(c)
+            }),
+            AnyConnection::Spanner(_) => {
+                panic!("typed diesel queries are not available on Spanner (use SpannerConn)")
+            }
+        }
+    }};
+}
+
 impl Sql {
     pub fn bind<V: Into<Val>>(mut self, v: V) -> Self {
         self.binds.push(v.into());
@@ -235,23 +258,10 @@ impl Sql {
     }
 
     pub fn execute(self, conn: &mut AnyConnection) -> QueryResult<usize> {
-        match conn {
-            AnyConnection::Sqlite(c) => {
-                boxed_with_binds!(diesel::sqlite::Sqlite, self.text, self.binds).execute(c)
-            }
-            AnyConnection::Mysql(slot) => off_thread(slot, move |c| {
-                boxed_with_binds!(diesel::mysql::Mysql, self.text, self.binds).execute(c)
-            }),
-            AnyConnection::Pg(slot) => off_thread(slot, move |c| {
-                boxed_with_binds!(
-                    diesel::pg::Pg,
-                    numbered_placeholders(&self.text),
-                    self.binds
-                )
-                .execute(c)
-            }),
-            AnyConnection::Spanner(c) => Ok(c.execute(&self.text, self.binds)),
+        if let AnyConnection::Spanner(c) = conn {
+            return Ok(c.execute(&self.text, self.binds));
         }
+        on_sql_engine!(self, conn, execute)
     }
 
     pub fn load<U>(self, conn: &mut AnyConnection) -> QueryResult<Vec<U>>
@@ -262,23 +272,7 @@ impl Sql {
             + Send
             + 'static,
     {
-        match conn {
-            AnyConnection::Sqlite(c) => {
-                boxed_with_binds!(diesel::sqlite::Sqlite, self.text, self.binds).load(c)
-            }
-            AnyConnection::Mysql(slot) => off_thread(slot, move |c| {
-                boxed_with_binds!(diesel::mysql::Mysql, self.text, self.binds).load(c)
-            }),
-            AnyConnection::Pg(slot) => off_thread(slot, move |c| {
-                boxed_with_binds!(
-                    diesel::pg::Pg,
-                    numbered_placeholders(&self.text),
-                    self.binds
-                )
-                .load(c)
-            }),
-            AnyConnection::Spanner(_) => panic!("typed loads are not available on Spanner"),
-        }
+        on_sql_engine!(self, conn, load)
     }
 
     pub fn get_result<U>(self, conn: &mut AnyConnection) -> QueryResult<U>
@@ -289,23 +283,7 @@ impl Sql {
             + Send
             + 'static,
     {
-        match conn {
-            AnyConnection::Sqlite(c) => {
-                boxed_with_binds!(diesel::sqlite::Sqlite, self.text, self.binds).get_result(c)
-            }
-            AnyConnection::Mysql(slot) => off_thread(slot, move |c| {
-                boxed_with_binds!(diesel::mysql::Mysql, self.text, self.binds).get_result(c)
-            }),
-            AnyConnection::Pg(slot) => off_thread(slot, move |c| {
-                boxed_with_binds!(
-                    diesel::pg::Pg,
-                    numbered_placeholders(&self.text),
-                    self.binds
-                )
-                .get_result(c)
-            }),
-            AnyConnection::Spanner(_) => panic!("typed results are not available on Spanner"),
-        }
+        on_sql_engine!(self, conn, get_result)
     }
 }
 
