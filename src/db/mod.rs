@@ -13,6 +13,7 @@ use crate::protocol::{BatchRequest, Bso, BsoQuery, Limits, Offset, Precondition,
 pub mod mysql;
 pub mod pooled;
 pub mod postgres;
+pub mod rules;
 pub mod spanner;
 pub mod sql;
 pub mod sqlite;

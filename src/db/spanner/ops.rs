@@ -11,12 +11,12 @@ use gcloud_spanner::transaction::Transaction;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 
 use super::status_error;
-use crate::db::sql::ops::{MAX_CLOCK_WAIT_MS, TOMBSTONE};
+use crate::db::rules::{self, TOMBSTONE};
 use crate::db::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody,
     InfoKind, PostBsos, PostResult, PutBso, StorageConfig, UserId, not_found,
 };
-use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::error::{ApiError, ApiResult};
 use crate::protocol::bso::{ModifiedRule, apply_update};
 use crate::protocol::{
     BatchRequest, Bso, BsoQuery, BsoUpdate, Offset, Precondition, Sort, StoredBso, SyncTimestamp,
@@ -396,18 +396,12 @@ async fn list_bsos(
     }
     stmt.add_param("limit", &(i64::from(limit) + 1));
     stmt.add_param("skip", &(q.offset.skip.min(i64::MAX as u64) as i64));
-    let mut found = rows(tx, stmt)
+    let found = rows(tx, stmt)
         .await?
         .iter()
         .map(stored)
         .collect::<ApiResult<Vec<_>>>()?;
-    let more = found.len() > limit as usize;
-    found.truncate(limit as usize);
-    let next = more.then(|| {
-        let page: Vec<i64> = found.iter().map(|r| r.modified).collect();
-        q.offset.next(q.sort, &page)
-    });
-    Ok((found.into_iter().map(Bso::from).collect(), next))
+    Ok(rules::finish_page(found, limit, q))
 }
 
 pub async fn get_bsos(
@@ -569,19 +563,10 @@ pub async fn begin_write(
             SyncTimestamp::ZERO
         }
     };
-    if scope.collection_ts >= scope.t {
-        let ahead = scope.collection_ts.as_millis() - scope.t.as_millis();
-        if ahead > MAX_CLOCK_WAIT_MS {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                "collection modified in the future",
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(ahead + 10)).await;
+    if let Some(ms) = rules::clock_wait(scope.collection_ts, scope.t)? {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         scope.t = SyncTimestamp::now();
-        if scope.collection_ts >= scope.t {
-            return Err(ApiError::new(ErrorKind::Conflict, "write conflict"));
-        }
+        rules::ensure_later(scope.collection_ts, scope.t)?;
     }
     Ok(scope)
 }
@@ -597,13 +582,7 @@ async fn check_quota(
         return Ok(());
     }
     let used = user_usage_bytes(tx, user, scope.t).await?;
-    if used + staged >= i64::from(config.limits.max_quota_limit) {
-        if config.enforce_quota {
-            return Err(ApiError::new(ErrorKind::OverQuota, "over quota"));
-        }
-        slog_scope::warn!("user over quota"; "used" => used);
-    }
-    Ok(())
+    rules::check_quota(config, used, staged)
 }
 
 /// Bumps the collection to T and refreshes its quota counters.
@@ -776,28 +755,11 @@ async fn stage(
     updates: &[BsoUpdate],
 ) -> ApiResult<()> {
     let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-    let existing: HashMap<String, BsoUpdate> = staged_items(tx, scope, batch, Some(&ids))
-        .await?
-        .into_iter()
-        .map(|u| (u.id.clone(), u))
-        .collect();
-    let merged: Vec<BsoUpdate> = updates
-        .iter()
-        .map(|u| {
-            existing
-                .get(&u.id)
-                .map_or_else(|| u.clone(), |old| old.merged_with(u))
-        })
-        .collect();
+    let staged = staged_items(tx, scope, batch, Some(&ids)).await?;
+    let merged = rules::merge_staged(staged, updates);
     put_staged(tx, scope, batch, &merged).await?;
     let (records, bytes) = staged_totals(tx, scope, batch).await?;
-    let limits = &config.limits;
-    if records > i64::from(limits.max_total_records) || bytes > i64::from(limits.max_total_bytes) {
-        return Err(ApiError::new(
-            ErrorKind::SizeLimit,
-            "batch over max_total_records or max_total_bytes",
-        ));
-    }
+    rules::check_batch_totals(&config.limits, records, bytes)?;
     check_quota(tx, scope, user, config, bytes).await
 }
 
@@ -830,15 +792,7 @@ async fn commit_batch(
         }
     }
     let bytes: i64 = staged.iter().map(|u| u.payload_bytes() as i64).sum();
-    let limits = &config.limits;
-    if staged.len() as i64 > i64::from(limits.max_total_records)
-        || bytes > i64::from(limits.max_total_bytes)
-    {
-        return Err(ApiError::new(
-            ErrorKind::SizeLimit,
-            "batch over max_total_records or max_total_bytes",
-        ));
-    }
+    rules::check_batch_totals(&config.limits, staged.len() as i64, bytes)?;
     check_quota(tx, scope, user, config, bytes).await?;
     apply_updates(tx, scope, &staged, ModifiedRule::Always).await?;
     let stmt = batch_stmt(

@@ -220,7 +220,7 @@ macro_rules! mysql_layout_ops {
                 .execute(conn)$($aw)*?;
                 return Ok(candidate);
             }
-            Err(ApiError::new(ErrorKind::Conflict, "could not allocate a batch id"))
+            Err(ApiError::new($crate::error::ErrorKind::Conflict, "could not allocate a batch id"))
         }
     };
 }

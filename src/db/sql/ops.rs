@@ -10,11 +10,7 @@ use crate::protocol::{Bso, Offset, StoredBso, SyncTimestamp};
 
 /// Rows per statement, well under every engine's bound-variable limit.
 pub const CHUNK: usize = 500;
-/// The collection id whose row keeps the storage timestamp after a collection delete.
-pub const TOMBSTONE: i32 = 0;
-/// A collection stamped at most this far ahead of our clock (the same 10 ms tick, typically)
-/// is waited out instead of answered with 503.
-pub const MAX_CLOCK_WAIT_MS: u64 = 100;
+pub use crate::db::rules::TOMBSTONE;
 
 /// The state of a write unit of work once the collection is locked.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +75,7 @@ macro_rules! storage_ops {
             BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody, InfoKind,
             PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, not_found,
         };
-        use $crate::error::{ApiError, ApiResult, ErrorKind};
+        use $crate::error::{ApiError, ApiResult};
         use $crate::protocol::bso::{ModifiedRule, apply_update};
         use $crate::protocol::{BatchRequest, Bso, BsoQuery, BsoUpdate, Offset, Precondition, Sort, StoredBso, SyncTimestamp, batch_id};
 
@@ -247,7 +243,7 @@ macro_rules! storage_ops {
                 Sort::Index => query.order((bso::sortindex.desc(), bso::id.desc())),
             };
             query = query.limit(i64::from(limit) + 1).offset(q.offset.skip.min(i64::MAX as u64) as i64);
-            let mut rows: Vec<StoredBso> = if q.full {
+            let rows: Vec<StoredBso> = if q.full {
                 query.select(BSO_COLUMNS).load::<BsoRow>(conn)$($aw)*?.into_iter().map(stored).collect()
             } else {
                 query
@@ -257,13 +253,7 @@ macro_rules! storage_ops {
                     .map(|(id, Ms(modified))| StoredBso { id, payload: String::new(), sortindex: None, modified, expiry: 0 })
                     .collect()
             };
-            let more = rows.len() > limit as usize;
-            rows.truncate(limit as usize);
-            let next = more.then(|| {
-                let page: Vec<i64> = rows.iter().map(|r| r.modified).collect();
-                q.offset.next(q.sort, &page)
-            });
-            Ok((rows.into_iter().map(Bso::from).collect(), next))
+            Ok($crate::db::rules::finish_page(rows, limit, q))
         }
 
         /// Existing rows (expired included: writes overwrite them) for `ids`.
@@ -320,35 +310,21 @@ macro_rules! storage_ops {
             let cid = get_or_create_collection_id(conn, name)$($aw)*?;
             let collection_ts = lock_collection_ts(conn, uid, cid)$($aw)*?.unwrap_or_default();
             let mut t = SyncTimestamp::now();
-            if collection_ts >= t {
-                let ahead = collection_ts.as_millis() - t.as_millis();
-                if ahead > MAX_CLOCK_WAIT_MS {
-                    return Err(ApiError::new(ErrorKind::Conflict, "collection modified in the future"));
-                }
-                // Holding the lock, waiting out the tick is cheaper for clients than a 503.
-                pause(ahead + 10)$($aw)*;
+            if let Some(ms) = $crate::db::rules::clock_wait(collection_ts, t)? {
+                pause(ms)$($aw)*;
                 t = SyncTimestamp::now();
-                if collection_ts >= t {
-                    return Err(ApiError::new(ErrorKind::Conflict, "write conflict"));
-                }
+                $crate::db::rules::ensure_later(collection_ts, t)?;
             }
             Ok(WriteScope { uid, cid, t, collection_ts })
         }
 
-        /// When quotas are on, a user at the limit (committed usage plus `staged` batch bytes)
-        /// may not write more; checked before the write, so one write may overshoot, as upstream.
+        /// The quota rule (`rules::check_quota`) against the user's committed usage.
         $($asy)* fn check_quota(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig, staged: i64) -> ApiResult<()> {
             if !config.enable_quota {
                 return Ok(());
             }
             let used = user_usage_bytes(conn, scope.uid, scope.t.as_i64())$($aw)*?;
-            if used + staged >= i64::from(config.limits.max_quota_limit) {
-                if config.enforce_quota {
-                    return Err(ApiError::new(ErrorKind::OverQuota, "over quota"));
-                }
-                slog_scope::warn!("user over quota"; "uid" => scope.uid, "used" => used);
-            }
-            Ok(())
+            $crate::db::rules::check_quota(config, used, staged)
         }
 
         $($asy)* fn refresh_counters(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig) -> QueryResult<()> {
@@ -381,20 +357,11 @@ macro_rules! storage_ops {
         /// keeps the batch within max_total_records / max_total_bytes (400, code 17).
         $($asy)* fn stage(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig, batch: BatchKey, updates: &[BsoUpdate]) -> ApiResult<()> {
             let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-            let existing: HashMap<String, BsoUpdate> = staged_items(conn, scope, batch, Some(&ids))$($aw)*?
-                .into_iter()
-                .map(|u| (u.id.clone(), u))
-                .collect();
-            let merged: Vec<BsoUpdate> = updates
-                .iter()
-                .map(|u| existing.get(&u.id).map_or_else(|| u.clone(), |old| old.merged_with(u)))
-                .collect();
+            let staged = staged_items(conn, scope, batch, Some(&ids))$($aw)*?;
+            let merged = $crate::db::rules::merge_staged(staged, updates);
             put_staged(conn, scope, batch, &merged)$($aw)*?;
             let (records, bytes) = staged_totals(conn, scope, batch)$($aw)*?;
-            let limits = &config.limits;
-            if records > i64::from(limits.max_total_records) || bytes > i64::from(limits.max_total_bytes) {
-                return Err(ApiError::new(ErrorKind::SizeLimit, "batch over max_total_records or max_total_bytes"));
-            }
+            $crate::db::rules::check_batch_totals(&config.limits, records, bytes)?;
             // Staged bytes count toward quota; re-sent ids replaced their earlier bytes above.
             check_quota(conn, scope, config, bytes)$($aw)*
         }
