@@ -950,7 +950,12 @@ async fn collection_stamped_in_the_future_is_a_503_conflict() {
     let r = user.get("/storage/col").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.last_modified(), future as u64);
+    // Timestamps are per user: the user's other collections cannot be written before that
+    // time either (their T must pass the storage timestamp), other users are unaffected.
     let r = user.put("/storage/col2/b", json!({"payload": "B"})).await;
+    assert_error(&r, 503, "0", "PUT to another collection");
+    let other = server.user(126);
+    let r = other.put("/storage/col/b", json!({"payload": "B"})).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
 

@@ -494,6 +494,77 @@ async fn unsupported_paths_and_methods() {
     assert_eq!(r.status().as_u16(), 405);
 }
 
+#[tokio::test]
+async fn old_paths_and_trailing_slashes_answer_like_the_standard_one() {
+    // The old Python syncserver's path (self-hosting guides, Android's custom server setting).
+    let env = ts_env().await;
+    let auth = format!(
+        "Bearer {}",
+        Signer::shared(0).access_token("0123456789abcdef0123456789abcdea", Some(1234))
+    );
+    let headers = [("Authorization", auth.as_str()), ("X-KeyID", "1234-qqo")];
+    let mut uids = Vec::new();
+    for path in [
+        "/1.0/sync/1.5",
+        "/1.0/sync/1.5/",
+        "/token/1.0/sync/1.5",
+        "/token/1.0/sync/1.5/",
+    ] {
+        let r = env.get(path, &headers).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        let ts: i64 = r.header("X-Timestamp").unwrap().parse().unwrap();
+        assert!((ts - unix_now()).abs() < 5, "{path}");
+        assert!(r.header("X-Weave-Timestamp").is_none(), "{path}");
+        let body = r.json();
+        assert_eq!(body["hashalg"], "sha256", "{path}");
+        uids.push(body["uid"].as_u64().unwrap());
+        // Errors are the same under every path, with X-Timestamp too.
+        let r = env.get(&path.replace("1.5", "1.2"), &headers).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.json()["errors"][0]["name"], "1.2", "{path}");
+        assert!(r.header("X-Timestamp").is_some(), "{path}: 404");
+    }
+    uids.dedup();
+    assert_eq!(uids.len(), 1, "one user whatever the path: {uids:?}");
+}
+
+#[tokio::test]
+async fn every_tokenserver_error_carries_x_timestamp() {
+    let env = ts_env().await;
+    let good = format!("Bearer {}", Signer::shared(0).access_token("errs", None));
+    let cases: Vec<(Vec<(&str, &str)>, u16)> = vec![
+        (vec![], 401),
+        (vec![("Authorization", "Basic abc")], 401),
+        (vec![("Authorization", "Bearer not-a-token")], 401),
+        (
+            vec![("Authorization", good.as_str()), ("X-KeyID", "garbage")],
+            401,
+        ),
+    ];
+    for path in ["/1.0/sync/1.5", "/token/1.0/sync/1.5"] {
+        for (headers, status) in &cases {
+            let r = env.get(path, headers).await;
+            assert_eq!(r.status, *status, "{path} {headers:?}: {}", r.body);
+            let ts: i64 = r
+                .header("X-Timestamp")
+                .unwrap_or_else(|| panic!("{path} {headers:?}: no X-Timestamp"))
+                .parse()
+                .unwrap();
+            assert!((ts - unix_now()).abs() < 5);
+        }
+        // A method the route does not have.
+        let r = env
+            .server
+            .client
+            .post(format!("{}{path}", env.server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 405, "{path}");
+        assert!(r.headers().get("X-Timestamp").is_some(), "{path}: 405");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Claims against the user record (SPEC 3.5, 3.6)
 

@@ -1,5 +1,5 @@
 //! Storage rules every backend applies the same way, whatever its query language: the write
-//! timestamp against the collection's, batch totals, quota, and how a listing page ends.
+//! timestamp against the user's, batch totals, quota, and how a listing page ends.
 
 use std::collections::HashMap;
 
@@ -7,32 +7,56 @@ use crate::db::StorageConfig;
 use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::protocol::{Bso, BsoQuery, BsoUpdate, Limits, Offset, StoredBso, SyncTimestamp};
 
-/// The collection id whose row keeps the storage timestamp after a collection delete.
+/// The collection id whose row keeps the storage timestamp after a collection delete. Every
+/// write of a user locks this row first (creating it as an invisible placeholder), so a user's
+/// writes serialize on it whatever collection they touch, and different users never wait on
+/// each other.
 pub const TOMBSTONE: i32 = 0;
-/// A collection stamped at most this far ahead of our clock (the same 10 ms tick, typically)
-/// is waited out instead of answered with 503.
+/// A user stamped at most this far ahead of our clock (the same 10 ms tick, typically) is
+/// waited out instead of answered with 503.
 pub const MAX_CLOCK_WAIT_MS: u64 = 100;
 
-/// How long a write must wait before its T (`now`) is later than the collection's timestamp:
-/// `None` when it already is, an error (503) when the collection is too far ahead.
-pub fn clock_wait(collection_ts: SyncTimestamp, now: SyncTimestamp) -> ApiResult<Option<u64>> {
-    if collection_ts < now {
+/// From the user's `user_collections` rows (collection id, ms; placeholders read as 0 or less),
+/// the user's storage timestamp (the latest over every collection and the tombstone) and the
+/// written collection's own (`None` when it has no row yet).
+pub fn user_timestamps(
+    rows: impl IntoIterator<Item = (i64, i64)>,
+    cid: i64,
+) -> (SyncTimestamp, Option<SyncTimestamp>) {
+    let mut storage_ts = SyncTimestamp::ZERO;
+    let mut collection_ts = None;
+    for (c, ms) in rows {
+        let ts = SyncTimestamp::from_i64(ms);
+        storage_ts = storage_ts.max(ts);
+        if c == cid {
+            collection_ts = Some(ts);
+        }
+    }
+    (storage_ts, collection_ts)
+}
+
+/// How long a write must wait before its T (`now`) is later than the user's storage timestamp
+/// (`floor`): `None` when it already is, an error (503) when the user is too far ahead (the
+/// clock went backwards). Per user, not per collection: two writes of one user to different
+/// collections never share a T, so `X-If-Modified-Since` on the info views sees both.
+pub fn clock_wait(floor: SyncTimestamp, now: SyncTimestamp) -> ApiResult<Option<u64>> {
+    if floor < now {
         return Ok(None);
     }
-    let ahead = collection_ts.as_millis() - now.as_millis();
+    let ahead = floor.as_millis() - now.as_millis();
     if ahead > MAX_CLOCK_WAIT_MS {
         return Err(ApiError::new(
             ErrorKind::Conflict,
-            "collection modified in the future",
+            "storage modified in the future",
         ));
     }
-    // Holding the lock, waiting out the tick is cheaper for clients than a 503.
+    // Holding the user's lock, waiting out the tick is cheaper for clients than a 503.
     Ok(Some(ahead + 10))
 }
 
-/// After the wait, T must be later than the collection's timestamp.
-pub fn ensure_later(collection_ts: SyncTimestamp, t: SyncTimestamp) -> ApiResult<()> {
-    if collection_ts >= t {
+/// After the wait, T must be later than the user's storage timestamp.
+pub fn ensure_later(floor: SyncTimestamp, t: SyncTimestamp) -> ApiResult<()> {
+    if floor >= t {
         return Err(ApiError::new(ErrorKind::Conflict, "write conflict"));
     }
     Ok(())
@@ -91,4 +115,39 @@ pub fn merge_staged(staged: Vec<BsoUpdate>, updates: &[BsoUpdate]) -> Vec<BsoUpd
                 .map_or_else(|| u.clone(), |old| old.merged_with(u))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_timestamps_cover_every_collection() {
+        let rows = [(0, 3_000), (5, 1_000), (7, -62_135_596_800_000), (9, 2_000)];
+        let (storage, coll) = user_timestamps(rows, 5);
+        assert_eq!(storage, SyncTimestamp::from_millis(3_000));
+        assert_eq!(coll, Some(SyncTimestamp::from_millis(1_000)));
+        // A placeholder row exists but reads as 0.
+        assert_eq!(user_timestamps(rows, 7).1, Some(SyncTimestamp::ZERO));
+        assert_eq!(user_timestamps(rows, 8).1, None);
+        assert_eq!(user_timestamps([], 8), (SyncTimestamp::ZERO, None));
+    }
+
+    #[test]
+    fn waits_out_a_tick_but_not_a_backwards_clock() {
+        let now = SyncTimestamp::from_millis(10_000);
+        assert_eq!(
+            clock_wait(SyncTimestamp::from_millis(9_990), now).unwrap(),
+            None
+        );
+        assert_eq!(clock_wait(now, now).unwrap(), Some(10));
+        assert_eq!(
+            clock_wait(SyncTimestamp::from_millis(10_050), now).unwrap(),
+            Some(60)
+        );
+        let e = clock_wait(SyncTimestamp::from_millis(10_200), now).unwrap_err();
+        assert_eq!(e.status(), 503);
+        assert!(ensure_later(now, now).is_err());
+        assert!(ensure_later(now, now.next_tick()).is_ok());
+    }
 }

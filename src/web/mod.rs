@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use actix_cors::Cors;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
-use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
+use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{App, HttpResponse, HttpServer, middleware::from_fn, web};
@@ -27,6 +27,7 @@ use crate::protocol::validate::{COLLECTION_ROUTE_PATTERN, UID_ROUTE_PATTERN};
 use crate::protocol::{Limits, SyncTimestamp};
 use crate::tokenserver::Tokenserver;
 use headers::{X_LAST_MODIFIED, X_WEAVE_TIMESTAMP};
+use tokenserver::unix_seconds;
 
 /// What every handler shares.
 pub struct AppState {
@@ -135,6 +136,21 @@ fn is_dockerflow(path: &str) -> bool {
     path.starts_with("/__")
 }
 
+/// Where the tokenserver answers: upstream's `/1.0/...` and the old Python syncserver's
+/// `/token/1.0/...`, still in many self-hosting guides and Android settings.
+pub const TOKEN_ROUTES: [&str; 4] = [
+    "/1.0/{application}/{version}",
+    "/1.0/{application}/{version}/",
+    "/token/1.0/{application}/{version}",
+    "/token/1.0/{application}/{version}/",
+];
+
+/// Tokenserver paths get X-Timestamp (seconds) and tokenserver-style bodies, not the storage
+/// API's X-Weave-Timestamp and bare error numbers.
+fn is_tokenserver_path(path: &str) -> bool {
+    path.starts_with("/1.0/") || path.starts_with("/token/")
+}
+
 /// Rejects crashing old iOS clients first, stamps X-Weave-Timestamp, gives unrouted paths the
 /// storage 404 body, and logs one line per request.
 async fn weave_middleware(
@@ -159,8 +175,9 @@ async fn weave_middleware(
     }
     let mut res = next.call(req).await?.map_into_boxed_body();
     let status = res.status();
+    let tokenserver_path = is_tokenserver_path(&path);
     if status == StatusCode::NOT_FOUND
-        && !path.starts_with("/1.0/")
+        && !tokenserver_path
         && res.headers().get(CONTENT_TYPE).is_none()
     {
         let (req, _) = res.into_parts();
@@ -173,7 +190,14 @@ async fn weave_middleware(
         let (req, _) = res.into_parts();
         res = ServiceResponse::new(req, HttpResponse::MethodNotAllowed().finish());
     }
-    if !is_dockerflow(&path) && !path.starts_with("/1.0/") && method != Method::OPTIONS {
+    if tokenserver_path {
+        // Every tokenserver response, errors included, says what time the server has, so a
+        // client with a wrong clock can correct its assertions (SPEC 3).
+        if let Ok(v) = HeaderValue::from_str(&unix_seconds().to_string()) {
+            res.headers_mut()
+                .insert(HeaderName::from_static("x-timestamp"), v);
+        }
+    } else if !is_dockerflow(&path) && method != Method::OPTIONS {
         // A write's handler may already have set its T (when X-Last-Modified is not T).
         let header_ts = |name: &str| {
             res.headers()
@@ -187,10 +211,8 @@ async fn weave_middleware(
             .max(header_ts(X_WEAVE_TIMESTAMP))
             .to_string();
         if let Ok(v) = HeaderValue::from_str(&value) {
-            res.headers_mut().insert(
-                actix_web::http::header::HeaderName::from_static("x-weave-timestamp"),
-                v,
-            );
+            res.headers_mut()
+                .insert(HeaderName::from_static("x-weave-timestamp"), v);
         }
     }
     slog_scope::info!("request";
@@ -272,10 +294,8 @@ pub fn serve(
             );
         }
         if tokenserver_on {
-            app = app.service(
-                web::resource("/1.0/{application}/{version}")
-                    .route(web::get().to(tokenserver::get_token)),
-            );
+            app = app
+                .service(web::resource(TOKEN_ROUTES).route(web::get().to(tokenserver::get_token)));
         }
         app.app_data(state.clone())
             .wrap(cors(&cors_settings))

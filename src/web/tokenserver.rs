@@ -48,22 +48,22 @@ fn tokenserver(state: &AppState) -> TsResult<&crate::tokenserver::Tokenserver> {
         .ok_or_else(|| TokenserverError::internal_error(404))
 }
 
-/// `GET /1.0/{application}/{version}`.
+/// `GET /1.0/{application}/{version}` (and the other `TOKEN_ROUTES`).
 pub async fn get_token(
     req: HttpRequest,
     path: Path<(String, String)>,
     state: Data<AppState>,
 ) -> HttpResponse {
     match token(&req, &path, &state).await {
+        // X-Timestamp is added to every tokenserver response by the middleware.
         Ok(body) => HttpResponse::Ok()
-            .insert_header(("X-Timestamp", unix_seconds().to_string()))
             .insert_header(("X-Content-Type-Options", "nosniff"))
             .json(body),
         Err(e) => error_response(&e),
     }
 }
 
-fn unix_seconds() -> u64 {
+pub fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -529,8 +529,11 @@ async fn apply_updates(
     write_rows(tx, scope, &records).await
 }
 
-/// Resolves the collection, reads its timestamp (creating an invisible placeholder row, which
-/// interleaved records and batches need as their parent) and picks a T later than it.
+/// Resolves the collection, reads every timestamp of the user (in a read-write transaction
+/// that locks what it reads, so two writes of one user serialize: the later one aborts and is
+/// run again), creates the collection's invisible placeholder row when it has none (interleaved
+/// records and batches need it as their parent), and picks a T later than the user's storage
+/// timestamp.
 pub async fn begin_write(
     tx: &mut ReadWriteTransaction,
     user: &UserId,
@@ -547,13 +550,26 @@ pub async fn begin_write(
         t: SyncTimestamp::now(),
         collection_ts: SyncTimestamp::ZERO,
     };
-    let Some(name) = collection else {
+    if user.fxa_uid.is_empty() {
         return Ok(scope);
-    };
-    scope.cid = get_or_create_collection_id(tx, name).await?;
-    scope.collection_ts = match collection_ts(tx, user, scope.cid).await? {
+    }
+    if let Some(name) = collection {
+        scope.cid = get_or_create_collection_id(tx, name).await?;
+    }
+    let stmt = user_stmt(
+        "SELECT collection_id, UNIX_MILLIS(modified) AS m FROM user_collections \
+         WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid",
+        user,
+    );
+    let rows = rows(tx, stmt)
+        .await?
+        .iter()
+        .map(|r| Ok((col::<i64>(r, "collection_id")?, col::<i64>(r, "m")?)))
+        .collect::<ApiResult<Vec<_>>>()?;
+    let (storage_ts, collection_ts) = rules::user_timestamps(rows, scope.cid);
+    scope.collection_ts = match collection_ts {
         Some(ts) => ts,
-        None => {
+        None if collection.is_some() => {
             let stmt = scope_stmt(
                 "INSERT INTO user_collections (fxa_uid, fxa_kid, collection_id, modified) \
                  VALUES (@fxa_uid, @fxa_kid, @cid, TIMESTAMP_MILLIS(0))",
@@ -562,11 +578,13 @@ pub async fn begin_write(
             exec(tx, stmt).await?;
             SyncTimestamp::ZERO
         }
+        None => SyncTimestamp::ZERO,
     };
-    if let Some(ms) = rules::clock_wait(scope.collection_ts, scope.t)? {
+    let floor = storage_ts.max(scope.collection_ts);
+    if let Some(ms) = rules::clock_wait(floor, scope.t)? {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         scope.t = SyncTimestamp::now();
-        rules::ensure_later(scope.collection_ts, scope.t)?;
+        rules::ensure_later(floor, scope.t)?;
     }
     Ok(scope)
 }

@@ -301,19 +301,34 @@ macro_rules! storage_ops {
             write_rows(conn, uid, cid, &rows)$($aw)*
         }
 
-        /// Resolves the collection (creating its name mapping), locks its row and picks a T
-        /// later than its timestamp.
+        /// Locks the user (its tombstone row: every write of the user takes it first, so they
+        /// serialize per user), resolves the collection (creating its name mapping and, when
+        /// missing, its row) and picks a T later than every timestamp of the user.
         pub $($asy)* fn begin_write(conn: &mut Conn, uid: i64, collection: Option<&str>) -> ApiResult<WriteScope> {
-            let Some(name) = collection else {
-                return Ok(WriteScope { uid, cid: -1, t: SyncTimestamp::now(), collection_ts: SyncTimestamp::ZERO });
+            lock_collection_ts(conn, uid, TOMBSTONE)$($aw)*?;
+            // Read after the lock: every other writer of this user has committed by now.
+            let rows: Vec<(i32, Ms)> = user_collections::table
+                .filter(user_collections::userid.eq(uid))
+                .select((user_collections::collection, user_collections::last_modified))
+                .load(conn)$($aw)*?;
+            let cid = match collection {
+                Some(name) => get_or_create_collection_id(conn, name)$($aw)*?,
+                None => -1,
             };
-            let cid = get_or_create_collection_id(conn, name)$($aw)*?;
-            let collection_ts = lock_collection_ts(conn, uid, cid)$($aw)*?.unwrap_or_default();
+            let (storage_ts, collection_ts) =
+                $crate::db::rules::user_timestamps(rows.into_iter().map(|(c, Ms(m))| (i64::from(c), m)), i64::from(cid));
+            let collection_ts = match collection_ts {
+                Some(ts) => ts,
+                // A new collection: its (placeholder) row, which records and batches need.
+                None if collection.is_some() => lock_collection_ts(conn, uid, cid)$($aw)*?.unwrap_or_default(),
+                None => SyncTimestamp::ZERO,
+            };
+            let floor = storage_ts.max(collection_ts);
             let mut t = SyncTimestamp::now();
-            if let Some(ms) = $crate::db::rules::clock_wait(collection_ts, t)? {
+            if let Some(ms) = $crate::db::rules::clock_wait(floor, t)? {
                 pause(ms)$($aw)*;
                 t = SyncTimestamp::now();
-                $crate::db::rules::ensure_later(collection_ts, t)?;
+                $crate::db::rules::ensure_later(floor, t)?;
             }
             Ok(WriteScope { uid, cid, t, collection_ts })
         }
@@ -508,8 +523,7 @@ macro_rules! storage_ops {
         pub $($asy)* fn delete_storage(conn: &mut Conn, uid: i64, precondition: Precondition) -> ApiResult<SyncTimestamp> {
             let before = storage_ts(conn, uid)$($aw)*?;
             check(precondition, before)?;
-            // Collection rows first: that waits for any writer holding one of them, so records
-            // it commits meanwhile are deleted below rather than left without a collection.
+            // begin_write locked the user: no other writer of this user is in flight.
             diesel::delete(user_collections::table.filter(user_collections::userid.eq(uid))).execute(conn)$($aw)*?;
             diesel::delete(bso::table.filter(bso::userid.eq(uid))).execute(conn)$($aw)*?;
             drop_user_batches(conn, uid)$($aw)*?;
