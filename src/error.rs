@@ -27,6 +27,8 @@ pub enum ErrorKind {
     SizeLimit,
     /// 413, code 17: Content-Length over max_request_bytes.
     PayloadTooLarge,
+    /// 408, code 0: a request body that stalled or came too slowly; the connection is closed.
+    RequestTimeout,
     /// 401, code 0: any Hawk or token failure.
     Unauthorized,
     /// 403, code 14.
@@ -79,6 +81,7 @@ impl ApiError {
         match self.kind {
             ErrorKind::BadRequest | ErrorKind::InvalidBso | ErrorKind::SizeLimit => 400,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::Unauthorized => 401,
             ErrorKind::OverQuota => 403,
             ErrorKind::NotFound => 404,

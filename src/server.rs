@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use actix_web::dev::{Server, ServerHandle};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::Secrets;
 use crate::db::{self, StorageConfig};
@@ -78,13 +79,24 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
         storage_settings.lbheartbeat_ttl,
         storage_settings.lbheartbeat_ttl_jitter,
     )
-    .with_tokenserver(tokenserver, settings.tokenserver.fxa_webhook_enabled);
+    .with_tokenserver(tokenserver, settings.tokenserver.fxa_webhook_enabled)
+    .with_body_pace(web::extract::BodyPace {
+        idle: Duration::from_secs(settings.http.body_idle_timeout.into()),
+        min_rate: settings.http.body_min_rate,
+    });
     let cors = CorsSettings {
         allowed_origin: settings.cors_allowed_origin.clone(),
         max_age: settings.cors_max_age,
     };
-    let server =
-        web::serve(listener, state, cors, settings.actix_keep_alive).map_err(|e| e.to_string())?;
+    let header_timeout = Duration::from_secs(settings.http.header_timeout.into());
+    let server = web::serve(
+        listener,
+        state,
+        cors,
+        settings.actix_keep_alive,
+        header_timeout,
+    )
+    .map_err(|e| e.to_string())?;
     Ok(Running { addr, server })
 }
 

@@ -30,6 +30,32 @@ pub struct Settings {
     pub public_url: Option<String>,
     pub syncstorage: StorageSettings,
     pub tokenserver: TokenserverSettings,
+    pub http: HttpSettings,
+}
+
+/// How long a client may take: a slow or stalled client is cut off instead of holding a
+/// connection, a worker and its partial body forever (`[http]`, `SYNC_HTTP__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpSettings {
+    /// Seconds to send the request line and headers.
+    pub header_timeout: u32,
+    /// Seconds a request body may go without sending anything (408).
+    pub body_idle_timeout: u32,
+    /// Bytes per second a body must average once its first `body_idle_timeout` seconds are up
+    /// (408 when it falls behind), so a trickle cannot hold a connection either.
+    pub body_min_rate: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        // A 2.5 MB upload at 4 KiB/s (a very bad mobile link) takes ~10 minutes and passes.
+        HttpSettings {
+            header_timeout: 10,
+            body_idle_timeout: 15,
+            body_min_rate: 4096,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +94,7 @@ impl Default for Settings {
             public_url: None,
             syncstorage: StorageSettings::default(),
             tokenserver: TokenserverSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -161,6 +188,13 @@ impl Settings {
             settings.syncstorage.database_url = None;
         }
         settings.tokenserver.validate()?;
+        let http = &settings.http;
+        if http.header_timeout == 0 || http.body_idle_timeout == 0 || http.body_min_rate == 0 {
+            return Err(
+                "http.header_timeout, http.body_idle_timeout and http.body_min_rate must be greater than 0"
+                    .into(),
+            );
+        }
 
         settings.public_url = settings
             .public_url

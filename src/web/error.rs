@@ -6,7 +6,7 @@ use actix_web::http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 
 use super::headers::X_LAST_MODIFIED;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
@@ -23,6 +23,10 @@ impl ResponseError for ApiError {
         let mut builder = HttpResponse::build(self.status_code());
         if let Some(ts) = self.last_modified() {
             builder.insert_header((X_LAST_MODIFIED, ts.to_string()));
+        }
+        if self.kind == ErrorKind::RequestTimeout {
+            // The rest of the body may still be on its way: do not read it, close.
+            builder.force_close();
         }
         if let Some(secs) = self.retry_after() {
             builder.insert_header((RETRY_AFTER, HeaderValue::from(secs)));

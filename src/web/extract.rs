@@ -1,6 +1,8 @@
 //! Per-request inputs, pulled from HTTP in the protocol's check order (SPEC 1.12): Hawk and
 //! uid, path names, query, content negotiation, body size, body.
 
+use std::time::{Duration, Instant};
+
 use actix_web::HttpRequest;
 use actix_web::web::{Bytes, BytesMut, Payload};
 use futures::StreamExt;
@@ -100,12 +102,31 @@ pub fn body_format(req: &HttpRequest) -> ApiResult<BodyFormat> {
         .ok_or_else(|| ApiError::new(ErrorKind::UnsupportedMediaType, "unsupported Content-Type"))
 }
 
+/// How fast a request body must arrive (`[http]` settings): no pause longer than `idle`, and,
+/// after the first `idle`, at least `min_rate` bytes per second on average.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    pub idle: Duration,
+    pub min_rate: u32,
+}
+
+impl BodyPace {
+    /// The latest moment the next bytes may arrive, for a body that started at `start`, last
+    /// made progress at `last` and has sent `received` bytes so far.
+    pub fn next_deadline(&self, start: Instant, last: Instant, received: usize) -> Instant {
+        let earned = Duration::from_secs_f64(received as f64 / f64::from(self.min_rate.max(1)));
+        (last + self.idle).min(start + self.idle + earned)
+    }
+}
+
 /// Reads the body, refusing more than max_request_bytes (413, code 17) whether announced by
-/// Content-Length or only discovered while streaming.
+/// Content-Length or only discovered while streaming, and a body slower than `pace` (408, and
+/// the connection is closed: its partial body is dropped at once).
 pub async fn read_body(
     req: &HttpRequest,
     mut payload: Payload,
     limits: &EffectiveLimits,
+    pace: BodyPace,
 ) -> ApiResult<Bytes> {
     let max = limits.max_request_bytes as usize;
     let too_large = || ApiError::new(ErrorKind::PayloadTooLarge, "request body too large");
@@ -119,12 +140,42 @@ pub async fn read_body(
         }
     }
     let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    let start = Instant::now();
+    let mut last = start;
+    loop {
+        let deadline = pace.next_deadline(start, last, body.len());
+        let next = tokio::time::timeout_at(deadline.into(), payload.next())
+            .await
+            .map_err(|_| ApiError::new(ErrorKind::RequestTimeout, "request body too slow"))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;
         if body.len() + chunk.len() > max {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);
+        last = Instant::now();
     }
     Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_pace() {
+        let pace = BodyPace {
+            idle: Duration::from_secs(10),
+            min_rate: 1000,
+        };
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Nothing yet: the idle window.
+        assert_eq!(pace.next_deadline(t0, t0, 0), t0 + s(10));
+        // Fast so far: only the idle rule binds.
+        assert_eq!(pace.next_deadline(t0, t0 + s(2), 50_000), t0 + s(12));
+        // A trickle (a byte now and then) falls behind the rate after the first window.
+        assert_eq!(pace.next_deadline(t0, t0 + s(9), 5), t0 + s(10) + Duration::from_millis(5));
+        assert_eq!(pace.next_deadline(t0, t0 + s(30), 20_000), t0 + s(30));
+    }
 }

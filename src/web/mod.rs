@@ -1,13 +1,14 @@
 //! HTTP: routes, middleware, handlers. The only module that knows HTTP and Weave headers.
 
 mod error;
-mod extract;
+pub mod extract;
 pub mod headers;
 mod ops;
 mod storage;
 mod tokenserver;
 
 use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use actix_web::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{App, HttpResponse, HttpServer, middleware::from_fn, web};
+use futures::FutureExt;
 
 use crate::auth::Secrets;
 use crate::db::SharedStorage;
@@ -43,6 +45,8 @@ pub struct AppState {
     pub tokenserver: Option<Arc<Tokenserver>>,
     /// Whether `/1.0/webhooks/fxa/events` is routed.
     pub fxa_webhook: bool,
+    /// How fast request bodies must arrive.
+    pub body_pace: extract::BodyPace,
 }
 
 impl AppState {
@@ -61,6 +65,10 @@ impl AppState {
             exhausted_since: Mutex::new(None),
             tokenserver: None,
             fxa_webhook: false,
+            body_pace: extract::BodyPace {
+                idle: Duration::from_secs(15),
+                min_rate: 4096,
+            },
         }
     }
 
@@ -78,6 +86,12 @@ impl AppState {
     ) -> Self {
         self.fxa_webhook = webhook && tokenserver.is_some();
         self.tokenserver = tokenserver;
+        self
+    }
+
+    /// The `[http]` body pace.
+    pub fn with_body_pace(mut self, pace: extract::BodyPace) -> Self {
+        self.body_pace = pace;
         self
     }
 
@@ -132,6 +146,17 @@ fn cors(settings: &CorsSettings) -> Cors {
     cors
 }
 
+/// The longest User-Agent written to a log line: real ones are ~150 characters, and a client
+/// must not be able to fill the log.
+pub const MAX_LOGGED_AGENT: usize = 256;
+
+fn log_agent(ua: &str) -> &str {
+    match ua.char_indices().nth(MAX_LOGGED_AGENT) {
+        Some((end, _)) => &ua[..end],
+        None => ua,
+    }
+}
+
 fn is_dockerflow(path: &str) -> bool {
     path.starts_with("/__")
 }
@@ -173,7 +198,24 @@ async fn weave_middleware(
             .body("0");
         return Ok(req.into_response(resp));
     }
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    // A panic anywhere below is a 500 (reported to Sentry by its panic hook), never a dropped
+    // connection.
+    let mut res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(res) => res?.map_into_boxed_body(),
+        Err(_) => {
+            slog_scope::error!("request handler panicked"; "method" => %method, "path" => %path);
+            // The request went down with the handler (the router needs it unshared, so no
+            // clone can be kept): the response carries a stand-in with the same method and path.
+            let stand_in = actix_web::test::TestRequest::default()
+                .method(method.clone())
+                .uri(&path)
+                .to_http_request();
+            ServiceResponse::new(
+                stand_in,
+                ApiError::internal("handler panicked").error_response_boxed(),
+            )
+        }
+    };
     let status = res.status();
     let tokenserver_path = is_tokenserver_path(&path);
     if status == StatusCode::NOT_FOUND
@@ -217,7 +259,7 @@ async fn weave_middleware(
     }
     slog_scope::info!("request";
         "method" => %method, "path" => %path, "status" => res.status().as_u16(),
-        "duration_ms" => started.elapsed().as_millis() as u64, "agent" => %ua);
+        "duration_ms" => started.elapsed().as_millis() as u64, "agent" => log_agent(&ua));
     Ok(res)
 }
 
@@ -280,6 +322,7 @@ pub fn serve(
     state: AppState,
     cors_settings: CorsSettings,
     keep_alive: Option<u32>,
+    header_timeout: Duration,
 ) -> std::io::Result<Server> {
     let tokenserver_on = state.tokenserver.is_some();
     let storage_on = state.storage.is_some();
@@ -312,8 +355,48 @@ pub fn serve(
             })
             .default_service(web::to(not_found))
     });
+    // A client that does not finish its headers in time is answered 408 and closed.
+    server = server
+        .client_request_timeout(header_timeout)
+        .client_disconnect_timeout(Duration::from_secs(5));
     if let Some(secs) = keep_alive {
         server = server.keep_alive(Duration::from_secs(secs.into()));
     }
     Ok(server.listen(listener)?.run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn panics() -> HttpResponse {
+        panic!("a handler bug");
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_handler_is_a_500_not_a_dropped_connection() {
+        let app = actix_web::test::init_service(
+            App::new()
+                .wrap(from_fn(weave_middleware))
+                .route("/1.5/1/info/collections", web::get().to(panics)),
+        )
+        .await;
+        let req = actix_web::test::TestRequest::get()
+            .uri("/1.5/1/info/collections")
+            .to_request();
+        let res = actix_web::test::call_service(&app, req).await;
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(res.headers().get("X-Weave-Timestamp").is_some());
+        // And the worker still serves.
+        let req = actix_web::test::TestRequest::get().uri("/nowhere").to_request();
+        let res = actix_web::test::call_service(&app, req).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn logged_agents_are_bounded() {
+        assert_eq!(log_agent("Firefox/140.0"), "Firefox/140.0");
+        let long = "é".repeat(60_000);
+        assert_eq!(log_agent(&long).chars().count(), MAX_LOGGED_AGENT);
+    }
 }

@@ -155,7 +155,7 @@ pub async fn post_collection(
     let collection = collection_name(&req)?;
     let format = body_format(&req)?;
     let limits = state.limits.for_collection(&collection);
-    let body = read_body(&req, payload, &limits).await?;
+    let body = read_body(&req, payload, &limits, state.body_pace).await?;
     let items = parse_post_body(&body, format, &collection, &limits)?;
     WeaveSizeHeaders {
         records: header(&req, "X-Weave-Records"),
@@ -261,7 +261,7 @@ pub async fn put_bso(
     let id = bso_id(&req)?;
     let format = body_format(&req)?;
     let limits = state.limits.for_collection(&collection);
-    let body = read_body(&req, payload, &limits).await?;
+    let body = read_body(&req, payload, &limits, state.body_pace).await?;
     let bso = parse_put_body(&body, format, &collection, &id, &limits)?;
     // X-If-* syntax is checked after the body (SPEC 1.12).
     let target = collection_ref(&req, user, collection)?;

@@ -170,23 +170,29 @@ impl User<'_> {
         self.request_abs(method, &self.path(rest))
     }
 
-    /// A Hawk-signed request to an absolute path (e.g. another user's).
-    pub fn request_abs(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+    /// The `Authorization` header for one request to an absolute path on this server.
+    pub fn authorization(&self, method: &str, path: &str) -> String {
         let url = reqwest::Url::parse(&format!("{}{path}", self.server.base)).unwrap();
         let target = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
-        let auth = sign(
+        sign(
             &self.id,
             &self.key,
             SignedRequest {
-                method: method.as_str(),
+                method,
                 target: &target,
                 host: "127.0.0.1",
                 port: self.server.port,
             },
-        );
+        )
+    }
+
+    /// A Hawk-signed request to an absolute path (e.g. another user's).
+    pub fn request_abs(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let url = reqwest::Url::parse(&format!("{}{path}", self.server.base)).unwrap();
+        let auth = self.authorization(method.as_str(), path);
         self.server
             .client
             .request(method, url)
