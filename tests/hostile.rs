@@ -157,7 +157,10 @@ async fn unfinished_headers_are_cut() {
     .await
     .unwrap();
     // actix's own default would be 5 s.
-    assert!(took < Duration::from_secs(4), "cut after {took:?}: {response}");
+    assert!(
+        took < Duration::from_secs(4),
+        "cut after {took:?}: {response}"
+    );
     assert!(
         response.is_empty() || status_of(&response) == Some(408),
         "{response}"
@@ -182,7 +185,9 @@ async fn forty_stalled_large_bodies_are_all_cut() {
     let port = server.port;
     // Each declares 2.6 MB (under max_request_bytes) and sends 2.5 MB, then stalls.
     let partial = vec![b' '; 2_500_000];
-    let heads: Vec<String> = (0..40).map(|i| put_head(&server, 100 + i, 2_600_000)).collect();
+    let heads: Vec<String> = (0..40)
+        .map(|i| put_head(&server, 100 + i, 2_600_000))
+        .collect();
     let started = Instant::now();
     let results = tokio::task::spawn_blocking(move || {
         let threads: Vec<_> = heads

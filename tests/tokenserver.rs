@@ -1099,40 +1099,123 @@ async fn configured_keys_are_used_without_fetching() {
 async fn remote_verification() {
     // SPEC 6.122: tokens that are not JWTs go to FxA's verify endpoint.
     let env = ts_env_with(|s| s.tokenserver.fxa_oauth_request_timeout = 1).await;
-    let opaque = "not-a-jwt-token";
-    let r = env.bearer(opaque, &key_id(1, "aaaa")).await;
+    // FxA's opaque access tokens are 64 hex digits; each step uses a fresh one (refusals are
+    // remembered for a minute).
+    let opaque = |i: u32| format!("{i:064x}");
+    let r = env.bearer(&opaque(1), &key_id(1, "aaaa")).await;
     assert_ts_error(&r, 401, "invalid-credentials", "Unauthorized");
     assert_eq!(
         env.fxa.with(|s| s.verify_requests.clone()),
-        vec![json!({"token": opaque})]
+        vec![json!({"token": opaque(1)})]
     );
-    for body in [
+    for (i, body) in [
         json!({"user": "remote"}),
         json!({"user": "remote", "scope": "not a list", "generation": 1}),
         json!({"user": "remote", "scope": ["profile"], "generation": 1}),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         env.fxa.with(|s| {
             s.verify_status = 200;
             s.verify_body = body.clone();
         });
-        let r = env.bearer(opaque, &key_id(1, "aaaa")).await;
+        let r = env.bearer(&opaque(10 + i as u32), &key_id(1, "aaaa")).await;
         assert_ts_error(&r, 401, "invalid-credentials", "Unauthorized");
     }
     env.fxa.with(|s| {
         s.verify_body = json!({"user": "remote", "scope": [SYNC_SCOPE], "generation": 42})
     });
     let body = {
-        let r = env.bearer(opaque, &key_id(1, "aaaa")).await;
+        let r = env.bearer(&opaque(20), &key_id(1, "aaaa")).await;
         assert_eq!(r.status, 200, "{}", r.body);
         r.json()
     };
     assert_eq!(body["hashed_fxa_uid"], hmac_hex("secret", "remote")[..32]);
     assert_eq!(env.rows("remote")[0].generation, 42);
+    // A refused token is refused again without asking FxA (negative cache).
+    let asked = env.fxa.with(|s| s.verify_requests.len());
+    let r = env.bearer(&opaque(1), &key_id(1, "aaaa")).await;
+    assert_ts_error(&r, 401, "invalid-credentials", "Unauthorized");
+    assert_eq!(env.fxa.with(|s| s.verify_requests.len()), asked);
+    // Tokens of neither shape never reach FxA.
+    for garbage in [
+        "not-a-jwt",
+        "has spaces in the token text",
+        &"x".repeat(300),
+    ] {
+        let r = env.bearer(garbage, &key_id(1, "aaaa")).await;
+        assert_ts_error(&r, 401, "invalid-credentials", "Unauthorized");
+    }
+    assert_eq!(env.fxa.with(|s| s.verify_requests.len()), asked);
     // FxA too slow: 503, the client retries later.
     env.fxa
         .with(|s| s.verify_delay = std::time::Duration::from_millis(2500));
-    let r = env.bearer(opaque, &key_id(1, "aaaa")).await;
+    let r = env.bearer(&opaque(30), &key_id(1, "aaaa")).await;
     assert_ts_error(&r, 503, "error", "Resource is not available");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalling_fxa_does_not_hold_up_tokens_it_need_not_be_asked_about() {
+    let env = ts_env_with(|s| s.tokenserver.fxa_oauth_request_timeout = 3).await;
+    // Keys are cached by a first request (and may be refetched 5 s later); then FxA stalls on
+    // everything.
+    env.ok("known0", None, &key_id(1, "aaaa")).await;
+    sleep_ms(5_100).await;
+    env.fxa.with(|s| {
+        s.jwks_delay = std::time::Duration::from_secs(20);
+        s.verify_delay = std::time::Duration::from_secs(20);
+    });
+    // A token signed with a key we do not have makes one request refetch the keys (and wait
+    // out the timeout); meanwhile tokens signed with the known key are answered at once.
+    let unknown_key = Signer::shared(2).access_token("stranger", None);
+    let kid = key_id(1, "aaaa");
+    let refetch = env.bearer(&unknown_key, &kid);
+    let known = async {
+        sleep_ms(200).await;
+        let mut took = Vec::new();
+        for i in 1..=4 {
+            let start = std::time::Instant::now();
+            env.ok(&format!("known{i}"), None, &key_id(1, "aaaa")).await;
+            took.push(start.elapsed());
+        }
+        took
+    };
+    let (r, took) = futures::join!(refetch, known);
+    assert_ts_error(&r, 401, "invalid-credentials", "Unauthorized");
+    for t in &took {
+        assert!(
+            *t < std::time::Duration::from_secs(1),
+            "known key took {t:?}"
+        );
+    }
+    assert_eq!(env.fxa.with(|s| s.jwks_requests), 2, "one refetch");
+    // JWT-shaped tokens are never sent to /v1/verify, whatever happens to the keys.
+    assert!(env.fxa.with(|s| s.verify_requests.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_verify_circuit_opens_when_fxa_keeps_failing() {
+    let env = ts_env_with(|s| s.tokenserver.fxa_oauth_request_timeout = 1).await;
+    env.fxa
+        .with(|s| s.verify_delay = std::time::Duration::from_secs(20));
+    let opaque = |i: u32| format!("{i:064x}");
+    // Five timeouts in a row (each waits the 1 s timeout)...
+    for i in 0..5 {
+        let r = env.bearer(&opaque(i), &key_id(1, "aaaa")).await;
+        assert_ts_error(&r, 503, "error", "Resource is not available");
+    }
+    assert_eq!(env.fxa.with(|s| s.verify_requests.len()), 5);
+    // ...then FxA is not asked any more for a while: 503 at once.
+    for i in 5..25 {
+        let start = std::time::Instant::now();
+        let r = env.bearer(&opaque(i), &key_id(1, "aaaa")).await;
+        assert_ts_error(&r, 503, "error", "Resource is not available");
+        assert!(start.elapsed() < std::time::Duration::from_millis(500));
+    }
+    assert_eq!(env.fxa.with(|s| s.verify_requests.len()), 5);
+    // Tokens verified with the cached keys are unaffected.
+    env.ok("jwt-user", None, &key_id(1, "aaaa")).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,7 +43,10 @@ pub fn parse(attrs: &str) -> Result<Header, Reason> {
         if value.len() > MAX_VALUE_LEN {
             return Err("attribute too long");
         }
-        if !value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
+        if !value
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+        {
             return Err("invalid character");
         }
         if values[slot].replace(value).is_some() {
@@ -87,13 +90,10 @@ mod tests {
 
     #[test]
     fn a_client_header() {
-        let h = parse(r#"id="abc", ts="1353832234", nonce="j4h3g2", mac="AAAA", ext="x y""#)
-            .unwrap();
+        let h =
+            parse(r#"id="abc", ts="1353832234", nonce="j4h3g2", mac="AAAA", ext="x y""#).unwrap();
         assert_eq!(h.id.as_deref(), Some("abc"));
-        assert_eq!(
-            h.ts,
-            Some(UNIX_EPOCH + Duration::from_secs(1_353_832_234))
-        );
+        assert_eq!(h.ts, Some(UNIX_EPOCH + Duration::from_secs(1_353_832_234)));
         assert_eq!(h.nonce.as_deref(), Some("j4h3g2"));
         assert_eq!(h.ext.as_deref(), Some("x y"));
         // Messy but valid separators, as the crate accepts them.

@@ -105,6 +105,7 @@ impl Tokenserver {
             settings.jwks(),
             &settings.fxa_oauth_server_url,
             settings.fxa_oauth_request_timeout,
+            settings.fxa_oauth_connect_timeout,
         );
         Ok(Tokenserver {
             db,

@@ -7,6 +7,7 @@
 pub mod claims;
 pub mod error;
 pub mod fxa;
+pub mod fxa_guard;
 pub mod hashes;
 pub mod issuer;
 pub mod keyid;

@@ -29,7 +29,10 @@ pub struct TokenserverSettings {
     pub allow_new_users: bool,
     pub fxa_email_domain: String,
     pub fxa_oauth_server_url: String,
+    /// Seconds for a whole exchange with FxA (JWKS fetch, remote verify).
     pub fxa_oauth_request_timeout: u64,
+    /// Seconds to connect to FxA (at most the request timeout).
+    pub fxa_oauth_connect_timeout: u64,
     pub fxa_oauth_primary_jwk: Option<Jwk>,
     pub fxa_oauth_secondary_jwk: Option<Jwk>,
     pub fxa_metrics_hash_secret: String,
@@ -65,6 +68,7 @@ impl Default for TokenserverSettings {
             fxa_email_domain: PROD_EMAIL_DOMAIN.into(),
             fxa_oauth_server_url: PROD_OAUTH_SERVER.into(),
             fxa_oauth_request_timeout: 10,
+            fxa_oauth_connect_timeout: 3,
             fxa_oauth_primary_jwk: None,
             fxa_oauth_secondary_jwk: None,
             fxa_metrics_hash_secret: "secret".into(),

@@ -175,7 +175,10 @@ mod tests {
         // Fast so far: only the idle rule binds.
         assert_eq!(pace.next_deadline(t0, t0 + s(2), 50_000), t0 + s(12));
         // A trickle (a byte now and then) falls behind the rate after the first window.
-        assert_eq!(pace.next_deadline(t0, t0 + s(9), 5), t0 + s(10) + Duration::from_millis(5));
+        assert_eq!(
+            pace.next_deadline(t0, t0 + s(9), 5),
+            t0 + s(10) + Duration::from_millis(5)
+        );
         assert_eq!(pace.next_deadline(t0, t0 + s(30), 20_000), t0 + s(30));
     }
 }

@@ -388,7 +388,9 @@ mod tests {
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(res.headers().get("X-Weave-Timestamp").is_some());
         // And the worker still serves.
-        let req = actix_web::test::TestRequest::get().uri("/nowhere").to_request();
+        let req = actix_web::test::TestRequest::get()
+            .uri("/nowhere")
+            .to_request();
         let res = actix_web::test::call_service(&app, req).await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
     }

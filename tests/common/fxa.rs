@@ -86,6 +86,8 @@ pub struct FxaState {
     pub verify_body: Value,
     /// Delay before answering /v1/verify (timeouts).
     pub verify_delay: Duration,
+    /// Delay before answering /v1/jwks.
+    pub jwks_delay: Duration,
     pub jwks_requests: usize,
     pub verify_requests: Vec<Value>,
 }
@@ -105,6 +107,7 @@ impl FakeFxa {
             verify_status: 401,
             verify_body: json!({"code": 401, "errno": 108, "message": "Invalid token"}),
             verify_delay: Duration::ZERO,
+            jwks_delay: Duration::ZERO,
             jwks_requests: 0,
             verify_requests: Vec::new(),
         }));
@@ -150,11 +153,14 @@ impl Drop for FakeFxa {
 type Shared = web::Data<Arc<Mutex<FxaState>>>;
 
 async fn jwks(state: Shared) -> HttpResponse {
-    let (status, body) = {
+    let (status, body, delay) = {
         let mut s = state.lock().unwrap();
         s.jwks_requests += 1;
-        (s.jwks_status, s.jwks.clone())
+        (s.jwks_status, s.jwks.clone(), s.jwks_delay)
     };
+    if !delay.is_zero() {
+        actix_web::rt::time::sleep(delay).await;
+    }
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).json(body)
 }
 
