@@ -1,4 +1,4 @@
-.PHONY: run run_mysql run_postgres run_spanner test lint fmt build ci
+.PHONY: run run_mysql run_postgres run_spanner test lint fmt build ci fuzz
 
 MYSQL_URL ?= mysql://root@127.0.0.1:3306/syncstorage
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/syncstorage
@@ -33,6 +33,10 @@ run_spanner:
 
 test:
 	cargo test
+
+# The parser fuzz targets (tests/fuzz.rs) with 100x the cases `cargo test` runs.
+fuzz:
+	SYNC_FUZZ_CASES=2000000 cargo test --release --test fuzz
 
 lint:
 	cargo fmt --check
