@@ -80,6 +80,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
         storage_settings.lbheartbeat_ttl_jitter,
     )
     .with_tokenserver(tokenserver, settings.tokenserver.fxa_webhook_enabled)
+    .with_hawk_policy(settings.hawk.policy())
     .with_body_pace(web::extract::BodyPace {
         idle: Duration::from_secs(settings.http.body_idle_timeout.into()),
         min_rate: settings.http.body_min_rate,

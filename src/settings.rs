@@ -31,6 +31,41 @@ pub struct Settings {
     pub syncstorage: StorageSettings,
     pub tokenserver: TokenserverSettings,
     pub http: HttpSettings,
+    pub hawk: HawkSettings,
+}
+
+/// How strictly storage requests' Hawk headers are checked (`[hawk]`, `SYNC_HAWK__*`). The
+/// defaults are upstream's, which every Firefox works with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HawkSettings {
+    /// Seconds a request's `ts` may differ from the server's clock.
+    pub max_skew_seconds: u64,
+    /// Recent (token, ts, nonce) triples remembered to refuse replays; 0 = off.
+    pub nonce_cache_size: usize,
+    /// Writes must sign their body (`hash`); Firefox does not, so off by default.
+    pub verify_payload_hash: bool,
+}
+
+impl Default for HawkSettings {
+    fn default() -> Self {
+        HawkSettings {
+            max_skew_seconds: crate::auth::hawk::MAX_SKEW.as_secs(),
+            nonce_cache_size: 0,
+            verify_payload_hash: false,
+        }
+    }
+}
+
+impl HawkSettings {
+    pub fn policy(&self) -> crate::auth::hawk::HawkPolicy {
+        crate::auth::hawk::HawkPolicy {
+            max_skew: std::time::Duration::from_secs(self.max_skew_seconds),
+            nonces: (self.nonce_cache_size > 0)
+                .then(|| crate::auth::nonces::NonceCache::new(self.nonce_cache_size)),
+            verify_payload_hash: self.verify_payload_hash,
+        }
+    }
 }
 
 /// How long a client may take: a slow or stalled client is cut off instead of holding a
@@ -95,6 +130,7 @@ impl Default for Settings {
             syncstorage: StorageSettings::default(),
             tokenserver: TokenserverSettings::default(),
             http: HttpSettings::default(),
+            hawk: HawkSettings::default(),
         }
     }
 }
@@ -188,6 +224,9 @@ impl Settings {
             settings.syncstorage.database_url = None;
         }
         settings.tokenserver.validate()?;
+        if settings.hawk.max_skew_seconds == 0 {
+            return Err("hawk.max_skew_seconds must be greater than 0".into());
+        }
         let http = &settings.http;
         if http.header_timeout == 0 || http.body_idle_timeout == 0 || http.body_min_rate == 0 {
             return Err(

@@ -222,3 +222,109 @@ async fn forty_stalled_large_bodies_are_all_cut() {
     eprintln!("RSS before {before} MB, after the 40 stalled bodies were cut {after} MB");
     assert!(after < before + 80, "RSS {before} MB -> {after} MB");
 }
+
+// ---- Hawk hardening (`[hawk]`), each optional ----
+
+/// An Authorization header for `method path` with an explicit ts, nonce and payload hash.
+fn hawk_header(
+    user: &User<'_>,
+    method: &str,
+    path: &str,
+    ts: std::time::SystemTime,
+    hash: Option<&[u8]>,
+) -> String {
+    let credentials = hawk::Credentials {
+        id: user.id.clone(),
+        key: hawk::Key::new(user.key.as_bytes(), hawk::DigestAlgorithm::Sha256).unwrap(),
+    };
+    let header = hawk::RequestBuilder::new(method, "127.0.0.1", user.server.port, path)
+        .hash(hash)
+        .request()
+        .make_header_full(&credentials, ts, format!("n{}", rand_suffix()))
+        .unwrap();
+    format!("Hawk {header}")
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn get_with(server: &TestServer, path: &str, auth: &str) -> Resp {
+    send_rb(
+        server
+            .client
+            .get(format!("{}{path}", server.base))
+            .header("Authorization", auth),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn replays_are_refused_when_the_nonce_cache_is_on() {
+    for (cache, replay_status) in [(0, 200), (1000, 401)] {
+        let server = TestServer::start_with(|s| s.hawk.nonce_cache_size = cache).await;
+        let user = server.user(5);
+        let path = "/1.5/5/info/collections";
+        let auth = user.authorization("GET", path);
+        assert_eq!(get_with(&server, path, &auth).await.status, 200);
+        let r = get_with(&server, path, &auth).await;
+        assert_eq!(r.status, replay_status, "cache {cache}: {}", r.body);
+        // A freshly signed request always passes.
+        let fresh = user.authorization("GET", path);
+        assert_eq!(get_with(&server, path, &fresh).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn the_skew_window_is_configurable() {
+    let two_minutes_ago = std::time::SystemTime::now() - Duration::from_secs(120);
+    for (skew, status) in [(None, 200), (Some(60), 401)] {
+        let server = TestServer::start_with(|s| {
+            if let Some(skew) = skew {
+                s.hawk.max_skew_seconds = skew;
+            }
+        })
+        .await;
+        let user = server.user(6);
+        let path = "/1.5/6/info/collections";
+        let auth = hawk_header(&user, "GET", path, two_minutes_ago, None);
+        let r = get_with(&server, path, &auth).await;
+        assert_eq!(r.status, status, "skew {skew:?}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn payload_hashes_are_checked_only_when_asked() {
+    let body = json!({"payload": "signed"}).to_string();
+    let hash = hawk::PayloadHasher::hash("application/json", hawk::DigestAlgorithm::Sha256, &body)
+        .unwrap();
+    let wrong =
+        hawk::PayloadHasher::hash("application/json", hawk::DigestAlgorithm::Sha256, "{}").unwrap();
+    for verify in [false, true] {
+        let server = TestServer::start_with(|s| s.hawk.verify_payload_hash = verify).await;
+        let user = server.user(7);
+        let path = "/1.5/7/storage/col/a";
+        let put = |auth: String| {
+            send_rb(
+                server
+                    .client
+                    .put(format!("{}{path}", server.base))
+                    .header("Authorization", auth)
+                    .header("Content-Type", "application/json; charset=utf-8")
+                    .body(body.clone()),
+            )
+        };
+        let now = std::time::SystemTime::now;
+        // Firefox's traffic: no hash.
+        let r = put(hawk_header(&user, "PUT", path, now(), None)).await;
+        assert_eq!(r.status, if verify { 401 } else { 200 }, "{}", r.body);
+        let r = put(hawk_header(&user, "PUT", path, now(), Some(&wrong))).await;
+        assert_eq!(r.status, if verify { 401 } else { 200 }, "{}", r.body);
+        let r = put(hawk_header(&user, "PUT", path, now(), Some(&hash))).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // Reads carry no body and need no hash.
+        assert_eq!(user.get("/storage/col/a").await.status, 200);
+    }
+}

@@ -11,6 +11,49 @@ use crate::error::{ApiError, ApiResult};
 /// Client clocks are unreliable; upstream tolerates 52 weeks of skew.
 pub const MAX_SKEW: Duration = Duration::from_secs(52 * 7 * 24 * 60 * 60);
 
+/// How strict verification is (`[hawk]` settings). The default is upstream's: 52 weeks of
+/// skew, no nonce memory, payload hashes not checked (Firefox does not send them).
+pub struct HawkPolicy {
+    pub max_skew: Duration,
+    /// Refuses replayed (id, ts, nonce) triples among the most recent requests.
+    pub nonces: Option<super::nonces::NonceCache>,
+    /// Writes must carry a `hash` attribute that matches their body.
+    pub verify_payload_hash: bool,
+}
+
+impl Default for HawkPolicy {
+    fn default() -> Self {
+        HawkPolicy {
+            max_skew: MAX_SKEW,
+            nonces: None,
+            verify_payload_hash: false,
+        }
+    }
+}
+
+/// A verified request: the token's payload, and the payload hash the client signed (if any),
+/// to be checked against the body once it is read.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub token: TokenPayload,
+    pub payload_hash: Option<Vec<u8>>,
+}
+
+/// Whether `body` (sent with `content_type`) is what the client's signed `hash` covers.
+pub fn payload_hash_matches(claimed: Option<&[u8]>, content_type: &str, body: &[u8]) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let Ok(actual) = hawk::PayloadHasher::hash(mime.as_bytes(), DigestAlgorithm::Sha256, body)
+    else {
+        return false;
+    };
+    claimed.is_some_and(|c| c == actual.as_slice())
+}
+
 /// What the MAC covers, as the request arrived.
 #[derive(Debug, Clone, Copy)]
 pub struct SignedRequest<'a> {
@@ -25,14 +68,32 @@ fn unauthorized(reason: &str) -> ApiError {
     ApiError::unauthorized(format!("hawk: {reason}"))
 }
 
-/// Verifies the Authorization header and returns the token payload. Expiry is enforced unless
-/// `allow_expired` (info/collections, SPEC 2.5).
+/// Verifies the Authorization header under upstream's policy and returns the token payload.
+/// Expiry is enforced unless `allow_expired` (info/collections, SPEC 2.5).
 pub fn verify(
     secrets: &Secrets,
     authorization: Option<&str>,
     request: SignedRequest<'_>,
     allow_expired: bool,
 ) -> ApiResult<TokenPayload> {
+    verify_with(
+        secrets,
+        authorization,
+        request,
+        allow_expired,
+        &HawkPolicy::default(),
+    )
+    .map(|v| v.token)
+}
+
+/// `verify` under `policy`: its skew window, nonce memory and hash requirement.
+pub fn verify_with(
+    secrets: &Secrets,
+    authorization: Option<&str>,
+    request: SignedRequest<'_>,
+    allow_expired: bool,
+    policy: &HawkPolicy,
+) -> ApiResult<Verified> {
     let authorization = authorization.ok_or_else(|| unauthorized("missing header"))?;
     let attrs = authorization
         .strip_prefix("Hawk ")
@@ -51,8 +112,18 @@ pub fn verify(
         .map_err(|_| ApiError::internal("hawk key"))?;
     let hawk_request =
         RequestBuilder::new(request.method, request.host, request.port, request.target).request();
-    if !hawk_request.validate_header(&header, &key, MAX_SKEW) {
+    if !hawk_request.validate_header(&header, &key, policy.max_skew) {
         return Err(unauthorized("invalid signature or timestamp"));
+    }
+    if let Some(nonces) = &policy.nonces {
+        // The MAC is valid, so only real clients' requests take room in the cache.
+        let ts = header
+            .ts
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        if !nonces.first_use(id, ts, header.nonce.as_deref().unwrap_or("")) {
+            return Err(unauthorized("replayed nonce"));
+        }
     }
     if !allow_expired {
         let now = SystemTime::now()
@@ -63,7 +134,10 @@ pub fn verify(
             return Err(unauthorized("expired"));
         }
     }
-    Ok(payload)
+    Ok(Verified {
+        token: payload,
+        payload_hash: header.hash.clone(),
+    })
 }
 
 /// Builds an Authorization header value; used by `syncserver token` users' tooling and tests.

@@ -2,6 +2,7 @@
 
 pub mod hawk;
 pub mod hawk_header;
+pub mod nonces;
 pub mod tokenlib;
 
 pub use tokenlib::{Secrets, TokenPayload, new_salt};

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use actix_web::HttpRequest;
 use actix_web::web::{Bytes, BytesMut, Payload};
+use actix_web::{HttpMessage, HttpRequest};
 use futures::StreamExt;
 
 use super::AppState;
@@ -30,12 +30,20 @@ pub fn authenticate(req: &HttpRequest, state: &AppState, allow_expired: bool) ->
         host: &host,
         port,
     };
-    let token = hawk::verify(
+    let hawk::Verified {
+        token,
+        payload_hash,
+    } = hawk::verify_with(
         &state.secrets,
         header(req, "Authorization"),
         signed,
         allow_expired,
+        &state.hawk,
     )?;
+    if state.hawk.verify_payload_hash {
+        // Checked against the body once it is read (`read_signed_body`).
+        req.extensions_mut().insert(SignedPayloadHash(payload_hash));
+    }
     let path_uid: u64 = req
         .match_info()
         .get("uid")
@@ -100,6 +108,33 @@ pub fn collection_ref(
 pub fn body_format(req: &HttpRequest) -> ApiResult<BodyFormat> {
     BodyFormat::from_content_type(header(req, "Content-Type"))
         .ok_or_else(|| ApiError::new(ErrorKind::UnsupportedMediaType, "unsupported Content-Type"))
+}
+
+/// The `hash` attribute of a request's Hawk header, kept for the body check.
+struct SignedPayloadHash(Option<Vec<u8>>);
+
+/// `read_body`, then, when `hawk.verify_payload_hash` is on, the body checked against the
+/// payload hash the client signed (401 when absent or different).
+pub async fn read_signed_body(
+    req: &HttpRequest,
+    state: &AppState,
+    payload: Payload,
+    limits: &EffectiveLimits,
+) -> ApiResult<Bytes> {
+    let body = read_body(req, payload, limits, state.body_pace).await?;
+    if state.hawk.verify_payload_hash {
+        let extensions = req.extensions();
+        let claimed = extensions
+            .get::<SignedPayloadHash>()
+            .and_then(|h| h.0.as_deref());
+        let content_type = header(req, "Content-Type").unwrap_or("");
+        if !hawk::payload_hash_matches(claimed, content_type, &body) {
+            return Err(ApiError::unauthorized(
+                "hawk: payload hash missing or wrong",
+            ));
+        }
+    }
+    Ok(body)
 }
 
 /// How fast a request body must arrive (`[http]` settings): no pause longer than `idle`, and,

@@ -47,6 +47,8 @@ pub struct AppState {
     pub fxa_webhook: bool,
     /// How fast request bodies must arrive.
     pub body_pace: extract::BodyPace,
+    /// How strictly Hawk is verified.
+    pub hawk: Arc<crate::auth::hawk::HawkPolicy>,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
                 idle: Duration::from_secs(15),
                 min_rate: 4096,
             },
+            hawk: Arc::default(),
         }
     }
 
@@ -86,6 +89,12 @@ impl AppState {
     ) -> Self {
         self.fxa_webhook = webhook && tokenserver.is_some();
         self.tokenserver = tokenserver;
+        self
+    }
+
+    /// The `[hawk]` policy.
+    pub fn with_hawk_policy(mut self, policy: crate::auth::hawk::HawkPolicy) -> Self {
+        self.hawk = Arc::new(policy);
         self
     }
 

@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::AppState;
 use super::extract::{
-    authenticate, body_format, bso_id, collection_name, collection_ref, precondition, read_body,
+    authenticate, body_format, bso_id, collection_name, collection_ref, precondition,
+    read_signed_body,
 };
 use super::headers::{X_LAST_MODIFIED, X_WEAVE_NEXT_OFFSET, X_WEAVE_RECORDS, header};
 use crate::db::{BsoRef, DeleteBsos, GetBsos, InfoBody, InfoKind, PostBsos, PutBso};
@@ -155,7 +156,7 @@ pub async fn post_collection(
     let collection = collection_name(&req)?;
     let format = body_format(&req)?;
     let limits = state.limits.for_collection(&collection);
-    let body = read_body(&req, payload, &limits, state.body_pace).await?;
+    let body = read_signed_body(&req, &state, payload, &limits).await?;
     let items = parse_post_body(&body, format, &collection, &limits)?;
     WeaveSizeHeaders {
         records: header(&req, "X-Weave-Records"),
@@ -261,7 +262,7 @@ pub async fn put_bso(
     let id = bso_id(&req)?;
     let format = body_format(&req)?;
     let limits = state.limits.for_collection(&collection);
-    let body = read_body(&req, payload, &limits, state.body_pace).await?;
+    let body = read_signed_body(&req, &state, payload, &limits).await?;
     let bso = parse_put_body(&body, format, &collection, &id, &limits)?;
     // X-If-* syntax is checked after the body (SPEC 1.12).
     let target = collection_ref(&req, user, collection)?;
