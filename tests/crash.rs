@@ -167,7 +167,7 @@ async fn writer(uid: u64, port: Arc<Mutex<u16>>, ledger: Arc<Mutex<Ledger>>, sto
             .iter()
             .map(|r| r["id"].as_str().unwrap().to_owned())
             .collect();
-        let acked = if n % 2 == 0 {
+        let acked = if n.is_multiple_of(2) {
             // A plain POST of three records.
             match call(
                 &client,
