@@ -326,7 +326,7 @@ async fn acknowledged_writes_survive_sigkill() {
         w.await.unwrap();
     }
     // Everything acknowledged is there, with its payload and timestamp.
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(
         ledger.acked.len() > 50,
         "too little traffic: {}",
