@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::protocol::post::PostItems;
 use crate::protocol::{BatchRequest, Bso, BsoQuery, Limits, Offset, Precondition, SyncTimestamp};
 
+pub mod listing;
 pub mod mysql;
 pub mod pooled;
 pub mod postgres;
@@ -160,6 +161,10 @@ pub trait StorageDb: Send + Sync {
         precondition: Precondition,
     ) -> ApiResult<Info>;
     async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage>;
+    /// `get_bsos` as the HTTP response needs it: the head (ids, timestamps, next offset) once
+    /// the page is known, the full records afterwards in chunks, from one snapshot, so memory
+    /// does not grow with the collection (`listing`).
+    async fn stream_bsos(&self, params: GetBsos) -> ApiResult<listing::BsoStream>;
     /// The record and its timestamp; 404 when absent or expired.
     async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso>;
     /// Returns the new collection timestamp.

@@ -51,6 +51,13 @@ mod ops {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 
+    async fn emit(
+        out: &crate::db::listing::ListingSender,
+        item: crate::error::ApiResult<crate::db::listing::Listing>,
+    ) -> crate::error::ApiResult<()> {
+        crate::db::listing::send(out, item).await
+    }
+
     crate::storage_ops!(schema = crate::db::sql::schema, [async] [.await]);
     crate::mysql_layout_ops!([async] [.await]);
 }

@@ -156,6 +156,36 @@ macro_rules! pooled_backend {
                 read_unit!(self, |conn, config| ops::get_bsos(conn, config, params.clone()).await)
             }
 
+            async fn stream_bsos(&self, params: $crate::db::GetBsos) -> $crate::error::ApiResult<$crate::db::listing::BsoStream> {
+                let full = params.query.full;
+                let (tx, rx) = $crate::db::listing::channel();
+                let pool = self.pool.clone();
+                let settings = self.settings.clone();
+                let config = self.config.clone();
+                // On a task of its own: the read goes on while the response is sent, holding
+                // its connection and snapshot at most `listing::STALL` per chunk.
+                tokio::spawn(async move {
+                    let result = async {
+                        use diesel_async::AsyncConnection;
+                        let mut obj = connection(&pool, &settings).await?;
+                        let conn: &mut $Conn = &mut obj;
+                        conn.transaction(async |conn| {
+                            let start: &str = $read_start;
+                            if !start.is_empty() {
+                                diesel_async::SimpleAsyncConnection::batch_execute(&mut *conn, start).await?;
+                            }
+                            ops::stream_bsos(conn, &config, params.clone(), &tx).await
+                        })
+                        .await
+                    }
+                    .await;
+                    if let Err(e) = result {
+                        let _ = $crate::db::listing::send(&tx, Err(e)).await;
+                    }
+                });
+                $crate::db::listing::receive(rx, full).await
+            }
+
             async fn get_bso(&self, params: $crate::db::BsoRef) -> $crate::error::ApiResult<$crate::protocol::Bso> {
                 read_unit!(self, |conn, _config| ops::get_bso(conn, params.clone()).await)
             }

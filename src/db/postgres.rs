@@ -58,6 +58,13 @@ mod ops {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 
+    async fn emit(
+        out: &crate::db::listing::ListingSender,
+        item: crate::error::ApiResult<crate::db::listing::Listing>,
+    ) -> crate::error::ApiResult<()> {
+        crate::db::listing::send(out, item).await
+    }
+
     crate::storage_ops!(schema = crate::db::sql::schema_pg, [async] [.await]);
 
     // ---- this layout's records and batches ----

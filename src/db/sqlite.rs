@@ -13,6 +13,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::PurgeStats;
+use super::listing;
 use super::sql::PoolSettings;
 use super::sql::ops::WriteScope;
 use super::{
@@ -197,6 +198,24 @@ impl StorageDb for SqliteStorage {
             .await
     }
 
+    async fn stream_bsos(&self, params: GetBsos) -> ApiResult<listing::BsoStream> {
+        let full = params.query.full;
+        let (tx, rx) = listing::channel();
+        let pool = self.pool.clone();
+        let config = self.config.clone();
+        // The read holds its WAL snapshot while the client reads, at most `listing::STALL`
+        // per chunk.
+        tokio::task::spawn_blocking(move || {
+            let result = pool.get().map_err(ApiError::from).and_then(|mut conn| {
+                conn.transaction(|conn| ops::stream_bsos(conn, &config, params, &tx))
+            });
+            if let Err(e) = result {
+                let _ = listing::send_blocking(&tx, Err(e));
+            }
+        });
+        listing::receive(rx, full).await
+    }
+
     async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {
         self.read(move |conn, _| ops::get_bso(conn, params)).await
     }
@@ -297,6 +316,13 @@ mod ops {
 
     fn pause(ms: u64) {
         std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+
+    fn emit(
+        out: &crate::db::listing::ListingSender,
+        item: crate::error::ApiResult<crate::db::listing::Listing>,
+    ) -> crate::error::ApiResult<()> {
+        crate::db::listing::send_blocking(out, item)
     }
 
     crate::storage_ops!(schema = crate::db::sql::schema, [] []);

@@ -1,8 +1,9 @@
 //! Storage API handlers: extract and validate, one database unit of work, respond.
 
 use actix_web::http::StatusCode;
-use actix_web::web::{Data, Payload};
+use actix_web::web::{Bytes, BytesMut, Data, Payload};
 use actix_web::{HttpRequest, HttpResponse};
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
@@ -12,6 +13,7 @@ use super::extract::{
     read_signed_body,
 };
 use super::headers::{X_LAST_MODIFIED, X_WEAVE_NEXT_OFFSET, X_WEAVE_RECORDS, header};
+use crate::db::listing::Listing;
 use crate::db::{BsoRef, DeleteBsos, GetBsos, InfoBody, InfoKind, PostBsos, PutBso};
 use crate::error::ApiResult;
 use crate::protocol::headers::{OutputFormat, WeaveSizeHeaders, negotiate_output};
@@ -113,38 +115,144 @@ pub async fn get_collection(req: HttpRequest, state: Data<AppState>) -> ApiResul
     let collection = collection_name(&req)?;
     let query = BsoQuery::parse(req.query_string())?;
     let format = negotiate_output(header(&req, "Accept"))?;
-    let full = query.full;
     let target = collection_ref(&req, user, collection)?;
-    let page = state.storage()?.get_bsos(GetBsos { target, query }).await?;
-    let count = page.items.len();
+    let listing = state
+        .storage()?
+        .stream_bsos(GetBsos { target, query })
+        .await?;
+    let head = &listing.head;
     let mut builder = HttpResponse::Ok();
-    builder.insert_header((X_LAST_MODIFIED, page.collection_ts.to_string()));
-    builder.insert_header((X_WEAVE_RECORDS, count));
-    if let Some(next) = page.next_offset {
+    builder.insert_header((X_LAST_MODIFIED, head.collection_ts.to_string()));
+    builder.insert_header((X_WEAVE_RECORDS, head.items.len()));
+    if let Some(next) = head.next_offset {
         builder.insert_header((X_WEAVE_NEXT_OFFSET, next.to_string()));
     }
-    let values: Vec<String> = page
-        .items
-        .iter()
-        .map(|b| {
-            if full {
-                serde_json::to_string(b)
-            } else {
-                serde_json::to_string(&b.id)
+    builder.content_type(match format {
+        OutputFormat::Json => "application/json",
+        OutputFormat::Newlines => "application/newlines",
+    });
+    let framing = Framing::new(format);
+    Ok(match listing.records {
+        // Ids only: the head is the whole answer.
+        None => {
+            let ids: Vec<String> = head
+                .items
+                .iter()
+                .map(|b| serde_json::to_string(&b.id))
+                .collect::<Result<_, _>>()
+                .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
+            builder.body(framing.whole(&ids))
+        }
+        // Full records: sent chunk by chunk as the database reads them. Up to
+        // `BUFFERED_BODY` is gathered first, so that most listings still go out whole, with a
+        // Content-Length (and an error while reading is still an error response).
+        Some(mut records) => {
+            let mut framing = framing;
+            let mut body = BytesMut::from(framing.open());
+            while body.len() < BUFFERED_BODY {
+                match records.recv().await {
+                    Some(message) => body.extend_from_slice(&encode(&mut framing, message?)?),
+                    None => {
+                        body.extend_from_slice(framing.close().as_bytes());
+                        return Ok(builder.body(body.freeze()));
+                    }
+                }
             }
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
-    Ok(match format {
-        OutputFormat::Json => builder
-            .content_type("application/json")
-            .body(format!("[{}]", values.join(","))),
-        OutputFormat::Newlines => {
-            // serde_json escapes newlines inside strings, so each value is one line.
-            let body: String = values.iter().map(|v| format!("{v}\n")).collect();
-            builder.content_type("application/newlines").body(body)
+            let close = framing.close();
+            let received = futures::stream::unfold(records, |mut rx| async move {
+                rx.recv().await.map(|message| (message, rx))
+            });
+            let rest = received.map(move |message| encode(&mut framing, message?));
+            let edge = |bytes: Bytes| {
+                futures::stream::once(async move { Ok::<Bytes, crate::error::ApiError>(bytes) })
+            };
+            builder.streaming(
+                edge(body.freeze())
+                    .chain(rest)
+                    .chain(edge(Bytes::from_static(close.as_bytes()))),
+            )
         }
     })
+}
+
+/// The most of a full listing gathered before its response starts; a bigger one is streamed.
+const BUFFERED_BODY: usize = 1 << 20;
+
+/// One message of a listing as body bytes.
+fn encode(framing: &mut Framing, message: Listing) -> ApiResult<Bytes> {
+    let items = match message {
+        Listing::Records(items) => items,
+        Listing::Head(_) => Vec::new(),
+    };
+    let values: Vec<String> = items
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()
+        .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
+    Ok(framing.chunk(&values))
+}
+
+/// How a listing's values are joined: a JSON array, or one value per line.
+#[derive(Debug, Clone, Copy)]
+struct Framing {
+    format: OutputFormat,
+    started: bool,
+}
+
+impl Framing {
+    fn new(format: OutputFormat) -> Self {
+        Framing {
+            format,
+            started: false,
+        }
+    }
+
+    fn open(&self) -> &'static str {
+        match self.format {
+            OutputFormat::Json => "[",
+            OutputFormat::Newlines => "",
+        }
+    }
+
+    fn close(&self) -> &'static str {
+        match self.format {
+            OutputFormat::Json => "]",
+            OutputFormat::Newlines => "",
+        }
+    }
+
+    /// A whole body at once.
+    fn whole(mut self, values: &[String]) -> String {
+        let middle = self.chunk(values);
+        format!(
+            "{}{}{}",
+            self.open(),
+            String::from_utf8_lossy(&middle),
+            self.close()
+        )
+    }
+
+    /// The next values, with the separators a JSON array needs.
+    fn chunk(&mut self, values: &[String]) -> Bytes {
+        let mut out = String::new();
+        for v in values {
+            match self.format {
+                OutputFormat::Json => {
+                    if self.started {
+                        out.push(',');
+                    }
+                    out.push_str(v);
+                }
+                // serde_json escapes newlines inside strings, so each value is one line.
+                OutputFormat::Newlines => {
+                    out.push_str(v);
+                    out.push('\n');
+                }
+            }
+            self.started = true;
+        }
+        Bytes::from(out)
+    }
 }
 
 pub async fn post_collection(

@@ -199,6 +199,11 @@ impl User<'_> {
             .header("Authorization", auth)
     }
 
+    /// A signed request whose response is not read (for streaming bodies).
+    pub async fn send_raw_request(&self, method: Method, rest: &str) -> reqwest::Response {
+        self.request(method, rest).send().await.unwrap()
+    }
+
     pub async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
         send_rb(rb).await
     }

@@ -18,7 +18,7 @@ use gcloud_spanner::statement::Statement;
 
 use super::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoKind,
-    PoolState, PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, StorageDb, UserId,
+    PoolState, PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, StorageDb, UserId, listing,
 };
 use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::protocol::{Bso, Precondition, SyncTimestamp};
@@ -295,6 +295,29 @@ impl StorageDb for SpannerStorage {
 
     async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage> {
         detached_unit!(self, this => read_unit!(this, |tx, config| ops::get_bsos(tx, config, &params).await))
+    }
+
+    async fn stream_bsos(&self, params: GetBsos) -> ApiResult<listing::BsoStream> {
+        let full = params.query.full;
+        let (tx, rx) = listing::channel();
+        let this = self.handle();
+        // Detached: the read goes on while the response is sent; a read-only transaction
+        // holds no locks, and each of its reads is bounded by the deadline.
+        tokio::spawn(async move {
+            let result = async {
+                let mut ro =
+                    tokio::time::timeout(this.deadline, this.client.read_only_transaction())
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(client_error)?;
+                ops::stream_bsos(&mut ro, &this.config, &params, &tx, this.deadline).await
+            }
+            .await;
+            if let Err(e) = result {
+                let _ = listing::send(&tx, Err(e)).await;
+            }
+        });
+        listing::receive(rx, full).await
     }
 
     async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {

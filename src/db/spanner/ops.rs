@@ -11,6 +11,7 @@ use gcloud_spanner::transaction::Transaction;
 use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 
 use super::status_error;
+use crate::db::listing::{self, Listing, ListingSender};
 use crate::db::rules::{self, TOMBSTONE};
 use crate::db::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody,
@@ -351,6 +352,7 @@ async fn list_bsos(
     cid: i64,
     q: &BsoQuery,
     max_records: u32,
+    now: SyncTimestamp,
 ) -> ApiResult<(Vec<Bso>, Option<Offset>)> {
     let limit = q.limit.unwrap_or(max_records).min(max_records);
     let columns = if q.full { BSO_COLUMNS } else { ID_COLUMNS };
@@ -381,7 +383,7 @@ async fn list_bsos(
     sql.push_str(" LIMIT @limit OFFSET @skip");
     let mut stmt = user_stmt(&sql, user);
     stmt.add_param("cid", &cid);
-    stmt.add_param("now", &SyncTimestamp::now().as_i64());
+    stmt.add_param("now", &now.as_i64());
     if !q.ids.is_empty() {
         stmt.add_param("ids", &q.ids);
     }
@@ -427,6 +429,7 @@ pub async fn get_bsos(
         cid,
         &params.query,
         config.limits.max_total_records,
+        SyncTimestamp::now(),
     )
     .await?;
     Ok(BsoPage {
@@ -434,6 +437,79 @@ pub async fn get_bsos(
         items,
         next_offset,
     })
+}
+
+/// `get_bsos` sent as it is read (`db::listing`), from the read-only transaction's snapshot:
+/// the head, then the full records in chunks; each read is bounded by `step` (a deadline per
+/// read, not for the whole listing, whose pace is the client's).
+pub async fn stream_bsos(
+    tx: &mut Transaction,
+    config: &StorageConfig,
+    params: &GetBsos,
+    out: &ListingSender,
+    step: std::time::Duration,
+) -> ApiResult<()> {
+    let bounded = |e: tokio::time::error::Elapsed| {
+        let _ = e;
+        ApiError::new(
+            crate::error::ErrorKind::Conflict,
+            "spanner did not answer in time",
+        )
+    };
+    require_identity(&params.target.user)?;
+    let user = &params.target.user;
+    let now = SyncTimestamp::now();
+    let max = config.limits.max_total_records;
+    let cid = tokio::time::timeout(step, collection_id(tx, &params.target.collection))
+        .await
+        .map_err(bounded)??;
+    let head = match cid {
+        None => {
+            params.target.precondition.check(SyncTimestamp::ZERO)?;
+            BsoPage {
+                collection_ts: SyncTimestamp::ZERO,
+                items: vec![],
+                next_offset: None,
+            }
+        }
+        Some(cid) => {
+            let ts = tokio::time::timeout(step, collection_ts(tx, user, cid))
+                .await
+                .map_err(bounded)??
+                .unwrap_or_default();
+            params.target.precondition.check(ts)?;
+            let head_q = listing::head_query(&params.query);
+            let (items, next_offset) =
+                tokio::time::timeout(step, list_bsos(tx, user, cid, &head_q, max, now))
+                    .await
+                    .map_err(bounded)??;
+            BsoPage {
+                collection_ts: ts,
+                items,
+                next_offset,
+            }
+        }
+    };
+    let total = head.items.len();
+    listing::send(out, Ok(Listing::Head(head))).await?;
+    let (Some(cid), true) = (cid, params.query.full) else {
+        return Ok(());
+    };
+    let (mut offset, mut sent) = (params.query.offset, 0);
+    while let Some(n) = listing::next_chunk(total, sent) {
+        let q = listing::chunk_query(&params.query, offset, n);
+        let (items, next) = tokio::time::timeout(step, list_bsos(tx, user, cid, &q, max, now))
+            .await
+            .map_err(bounded)??;
+        sent += items.len();
+        let last = items.is_empty();
+        listing::send(out, Ok(Listing::Records(items))).await?;
+        match next {
+            Some(next) if !last => offset = next,
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 fn modified_of(bso: &Option<StoredBso>) -> SyncTimestamp {

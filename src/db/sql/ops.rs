@@ -1,7 +1,7 @@
 //! The storage operations as diesel queries, written once for every SQL backend that uses the
 //! MySQL layout. `storage_ops!` is instantiated per connection type: synchronously for SQLite
 //! (run on blocking threads) and with `.await` for diesel-async connections. The instantiating
-//! module provides `Conn`, `Db`, `lock_collection_ts`, `pause` and the byte-sum SQL; everything
+//! module provides `Conn`, `Db`, `lock_collection_ts`, `pause`, `emit` and the byte-sum SQL; everything
 //! else, and every SQL statement, is here. Each function runs inside a transaction the backend
 //! opened (a read snapshot, or a write lock on the user's collection); none commits.
 
@@ -71,6 +71,7 @@ macro_rules! storage_ops {
 
         const BSO_COLUMNS: (bso::id, bso::payload, bso::sortindex, bso::modified, bso::ttl) =
             (bso::id, bso::payload, bso::sortindex, bso::modified, bso::ttl);
+        use $crate::db::listing::{Listing, ListingSender, chunk_query, head_query, next_chunk};
         use $crate::db::{
             BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody, InfoKind,
             PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, not_found,
@@ -419,6 +420,44 @@ macro_rules! storage_ops {
             check(params.target.precondition, ts)?;
             let max = config.limits.max_total_records;
             Ok(page(ts, list_bsos(conn, uid, cid, &params.query, SyncTimestamp::now(), max)$($aw)*?))
+        }
+
+        /// A listing sent as it is read (`db::listing`): the head, then the full records in
+        /// chunks, all from this transaction's snapshot and one `now` (so expiry cannot change
+        /// the page between chunks). `emit` is the backend's way to hand a message over.
+        pub $($asy)* fn stream_bsos(conn: &mut Conn, config: &StorageConfig, params: GetBsos, out: &ListingSender) -> ApiResult<()> {
+            let uid = params.target.user.legacy_id as i64;
+            let now = SyncTimestamp::now();
+            let max = config.limits.max_total_records;
+            let cid = collection_id(conn, &params.target.collection)$($aw)*?;
+            let head = match cid {
+                None => {
+                    check(params.target.precondition, SyncTimestamp::ZERO)?;
+                    BsoPage { collection_ts: SyncTimestamp::ZERO, items: vec![], next_offset: None }
+                }
+                Some(cid) => {
+                    let ts = collection_ts(conn, uid, cid)$($aw)*?.unwrap_or_default();
+                    check(params.target.precondition, ts)?;
+                    page(ts, list_bsos(conn, uid, cid, &head_query(&params.query), now, max)$($aw)*?)
+                }
+            };
+            let total = head.items.len();
+            emit(out, Ok(Listing::Head(head)))$($aw)*?;
+            let (Some(cid), true) = (cid, params.query.full) else {
+                return Ok(());
+            };
+            let (mut offset, mut sent) = (params.query.offset, 0);
+            while let Some(n) = next_chunk(total, sent) {
+                let (items, next) = list_bsos(conn, uid, cid, &chunk_query(&params.query, offset, n), now, max)$($aw)*?;
+                sent += items.len();
+                let last = items.is_empty();
+                emit(out, Ok(Listing::Records(items)))$($aw)*?;
+                match next {
+                    Some(next) if !last => offset = next,
+                    _ => break,
+                }
+            }
+            Ok(())
         }
 
         pub $($asy)* fn get_bso(conn: &mut Conn, params: BsoRef) -> ApiResult<Bso> {

@@ -1,0 +1,137 @@
+//! Collection listings sent as they are read, so a `?full=1` GET's memory does not grow with
+//! the collection (issue 13). A listing is one read unit of work on one snapshot: first the
+//! ids and timestamps of the whole page (small; they give `X-Weave-Records` and the next
+//! offset before any byte of the body is sent), then, for full records, the same page again
+//! in chunks of `CHUNK_RECORDS`, each handed to the response through a channel of
+//! `CHANNEL_CHUNKS`. A client that stops reading for `STALL` ends the unit of work.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::db::BsoPage;
+use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::protocol::{Bso, BsoQuery, Offset};
+
+/// Records read and sent at a time (each at most max_record_payload_bytes).
+pub const CHUNK_RECORDS: u32 = 16;
+/// Chunks buffered between the database and the response.
+pub const CHANNEL_CHUNKS: usize = 2;
+/// How long the database side waits for a client that does not read.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// What the database side sends: the head, then the records (when full), in order.
+#[derive(Debug)]
+pub enum Listing {
+    Head(BsoPage),
+    Records(Vec<Bso>),
+}
+
+pub type ListingSender = mpsc::Sender<ApiResult<Listing>>;
+
+/// A listing as the response sees it: the head (ids, timestamps, next offset) and, for full
+/// records, the chunks still to come.
+pub struct BsoStream {
+    pub head: BsoPage,
+    pub records: Option<mpsc::Receiver<ApiResult<Listing>>>,
+}
+
+pub fn channel() -> (ListingSender, mpsc::Receiver<ApiResult<Listing>>) {
+    mpsc::channel(CHANNEL_CHUNKS)
+}
+
+fn gone() -> ApiError {
+    ApiError::new(ErrorKind::Conflict, "listing abandoned by the client")
+}
+
+/// Sends from an async unit of work; an error when the client went away or stalled.
+pub async fn send(tx: &ListingSender, item: ApiResult<Listing>) -> ApiResult<()> {
+    match tokio::time::timeout(STALL, tx.send(item)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(gone()),
+    }
+}
+
+/// Sends from a blocking unit of work (SQLite), with the same stall bound.
+pub fn send_blocking(tx: &ListingSender, item: ApiResult<Listing>) -> ApiResult<()> {
+    let deadline = std::time::Instant::now() + STALL;
+    let mut item = item;
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(gone()),
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(gone());
+                }
+                item = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// The head query: the page's ids and timestamps only.
+pub fn head_query(q: &BsoQuery) -> BsoQuery {
+    BsoQuery {
+        full: false,
+        ..q.clone()
+    }
+}
+
+/// The query for the next chunk of full records: `n` records from `offset`.
+pub fn chunk_query(q: &BsoQuery, offset: Offset, n: u32) -> BsoQuery {
+    BsoQuery {
+        full: true,
+        limit: Some(n),
+        offset,
+        ..q.clone()
+    }
+}
+
+/// How many records the next chunk reads, `None` when all `total` were sent.
+pub fn next_chunk(total: usize, sent: usize) -> Option<u32> {
+    (sent < total).then(|| (total - sent).min(CHUNK_RECORDS as usize) as u32)
+}
+
+/// Waits for the head of a listing started on another task; errors before it (304, 412, a
+/// database failure) come back here.
+pub async fn receive(
+    mut rx: mpsc::Receiver<ApiResult<Listing>>,
+    full: bool,
+) -> ApiResult<BsoStream> {
+    match rx.recv().await {
+        Some(Ok(Listing::Head(head))) => Ok(BsoStream {
+            records: (full && !head.items.is_empty()).then_some(rx),
+            head,
+        }),
+        Some(Err(e)) => Err(e),
+        Some(Ok(Listing::Records(_))) | None => {
+            Err(ApiError::internal("listing ended before its head"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_page_exactly() {
+        let mut sent = 0;
+        let mut sizes = Vec::new();
+        while let Some(n) = next_chunk(40, sent) {
+            sizes.push(n);
+            sent += n as usize;
+        }
+        assert_eq!(sizes, vec![16, 16, 8]);
+        assert_eq!(next_chunk(0, 0), None);
+    }
+
+    #[test]
+    fn a_stalled_client_ends_a_blocking_sender() {
+        let (tx, rx) = channel();
+        drop(rx);
+        assert!(send_blocking(&tx, Ok(Listing::Records(vec![]))).is_err());
+    }
+}
