@@ -43,8 +43,11 @@ pub enum ErrorKind {
     NotModified(SyncTimestamp),
     /// 412 with the resource timestamp.
     PreconditionFailed(SyncTimestamp),
-    /// 503 + Retry-After: a write conflict or a busy/unavailable database.
+    /// 503 + Retry-After: a write conflict or a busy database (the client retries soon).
     Conflict,
+    /// 503 + Retry-After + X-Weave-Backoff: the database is down, overloaded or too slow
+    /// (pool exhausted, connection lost, no answer within the deadline); clients back off.
+    Unavailable,
     /// 503 without Retry-After (rejected client).
     ServiceUnavailable,
     /// 500, code 0.
@@ -89,7 +92,7 @@ impl ApiError {
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::NotModified(_) => 304,
             ErrorKind::PreconditionFailed(_) => 412,
-            ErrorKind::Conflict | ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::Conflict | ErrorKind::Unavailable | ErrorKind::ServiceUnavailable => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -106,7 +109,14 @@ impl ApiError {
     }
 
     pub fn retry_after(&self) -> Option<u32> {
-        matches!(self.kind, ErrorKind::Conflict).then_some(RETRY_AFTER_SECONDS)
+        matches!(self.kind, ErrorKind::Conflict | ErrorKind::Unavailable)
+            .then_some(RETRY_AFTER_SECONDS)
+    }
+
+    /// X-Weave-Backoff: clients honour it by pausing their syncs, which sheds load from a
+    /// database that is down or overloaded.
+    pub fn backoff(&self) -> Option<u32> {
+        matches!(self.kind, ErrorKind::Unavailable).then_some(RETRY_AFTER_SECONDS)
     }
 
     /// The resource timestamp a 304/412 carries in X-Last-Modified.
@@ -158,6 +168,12 @@ mod tests {
             ApiError::new(ErrorKind::ServiceUnavailable, "").retry_after(),
             None
         );
+        let down = ApiError::new(ErrorKind::Unavailable, "");
+        assert_eq!(
+            (down.status(), down.retry_after(), down.backoff()),
+            (503, Some(10), Some(10))
+        );
+        assert_eq!(ApiError::new(ErrorKind::Conflict, "").backoff(), None);
         let ts = SyncTimestamp::from_millis(5000);
         assert_eq!(
             ApiError::new(ErrorKind::PreconditionFailed(ts), "").weave_code(),

@@ -103,6 +103,8 @@ pub struct StorageSettings {
     pub database_pool_connection_timeout: u32,
     pub database_pool_connection_lifespan: Option<u32>,
     pub database_pool_connection_max_idle: Option<u32>,
+    /// Seconds a storage request may spend on the database before 503 + X-Weave-Backoff.
+    pub database_request_timeout: u32,
     /// Run the embedded migrations at start-up.
     pub run_migrations: bool,
     pub enable_quota: bool,
@@ -145,6 +147,7 @@ impl Default for StorageSettings {
             database_pool_connection_timeout: pool.connection_timeout_secs,
             database_pool_connection_lifespan: None,
             database_pool_connection_max_idle: None,
+            database_request_timeout: pool.request_timeout_secs,
             run_migrations: true,
             enable_quota: false,
             enforce_quota: false,
@@ -164,6 +167,7 @@ impl StorageSettings {
             connection_lifespan_secs: self.database_pool_connection_lifespan,
             connection_max_idle_secs: self.database_pool_connection_max_idle,
             run_migrations: self.run_migrations,
+            request_timeout_secs: self.database_request_timeout,
         }
     }
 }

@@ -12,13 +12,30 @@ use crate::error::{ApiError, ApiResult};
 pub const WRITE_ATTEMPTS: u64 = 8;
 
 /// Runs a unit of work on its own task, so it completes (commit or rollback) even when the
-/// client goes away mid-request.
+/// client goes away mid-request, or gets 503 after `deadline`.
 pub async fn detached<T: Send + 'static>(
+    deadline: std::time::Duration,
     fut: impl Future<Output = ApiResult<T>> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::spawn(fut)
-        .await
-        .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+    match tokio::time::timeout(deadline, tokio::spawn(fut)).await {
+        Ok(joined) => {
+            joined.map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+        }
+        Err(_) => Err(too_slow()),
+    }
+}
+
+/// A unit of work past its deadline: the database is stuck or overloaded.
+pub fn too_slow() -> ApiError {
+    ApiError::new(
+        crate::error::ErrorKind::Unavailable,
+        "database did not answer in time",
+    )
+}
+
+/// `database_request_timeout` as a duration.
+pub fn deadline(settings: &crate::db::sql::PoolSettings) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(settings.request_timeout_secs.max(1)))
 }
 
 /// Defines `$Storage` (pool + config) and its `StorageDb` impl over the `ops` module in scope.
@@ -62,13 +79,17 @@ macro_rules! pooled_backend {
 
         $crate::pool_checkout!($Conn);
 
-        /// A read-only unit of work on one snapshot: `|conn, config| body`.
+        /// A read-only unit of work on one snapshot: `|conn, config| body`, answered 503 after
+        /// `database_request_timeout` (or after `$deadline`).
         macro_rules! read_unit {
             ($self:ident, |$conn:ident, $config:ident| $body:expr) => {{
+                read_unit!($self, $crate::db::pooled::deadline(&$self.settings), |$conn, $config| $body)
+            }};
+            ($self:ident, $deadline:expr, |$conn:ident, $config:ident| $body:expr) => {{
                 let pool = $self.pool.clone();
                 let settings = $self.settings.clone();
                 let config = $self.config.clone();
-                $crate::db::pooled::detached(async move {
+                $crate::db::pooled::detached($deadline, async move {
                     use diesel_async::AsyncConnection;
                     let mut obj = connection(&pool, &settings).await?;
                     let conn: &mut $Conn = &mut obj;
@@ -96,7 +117,7 @@ macro_rules! pooled_backend {
                 let config = $self.config.clone();
                 let uid: i64 = $uid;
                 let collection: Option<String> = $collection;
-                $crate::db::pooled::detached(async move {
+                $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
                     use diesel_async::{AsyncConnection, SimpleAsyncConnection};
                     let mut obj = connection(&pool, &settings).await?;
                     let conn: &mut $Conn = &mut obj;
@@ -260,7 +281,7 @@ macro_rules! pooled_backend {
             async fn check(&self) -> $crate::error::ApiResult<()> {
                 let pool = self.pool.clone();
                 let settings = self.settings.clone();
-                $crate::db::pooled::detached(async move {
+                $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
                     let mut obj = connection(&pool, &settings).await?;
                     ops::ping(&mut obj).await
                 })
@@ -268,7 +289,8 @@ macro_rules! pooled_backend {
             }
 
             async fn purge_expired(&self) -> $crate::error::ApiResult<$crate::db::PurgeStats> {
-                read_unit!(self, |conn, _config| ops::purge_expired(conn, $crate::protocol::SyncTimestamp::now()).await)
+                // An operator's command over every user: no request deadline.
+                read_unit!(self, std::time::Duration::MAX, |conn, _config| ops::purge_expired(conn, $crate::protocol::SyncTimestamp::now()).await)
             }
 
             fn pool_state(&self) -> $crate::db::PoolState {
@@ -338,9 +360,9 @@ macro_rules! pool_checkout {
             loop {
                 let obj = tokio::time::timeout(wait, pool.get())
                     .await
-                    .map_err(|_| ApiError::new(ErrorKind::Conflict, "database pool timeout"))?
+                    .map_err(|_| ApiError::new(ErrorKind::Unavailable, "database pool timeout"))?
                     .map_err(|e| {
-                        ApiError::new(ErrorKind::Conflict, format!("database unavailable: {e}"))
+                        ApiError::new(ErrorKind::Unavailable, format!("database unavailable: {e}"))
                     })?;
                 let metrics = Object::metrics(&obj);
                 let secs = |s: u32| std::time::Duration::from_secs(s.into());

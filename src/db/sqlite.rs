@@ -72,6 +72,8 @@ pub struct SqliteStorage {
     write_lock: Arc<tokio::sync::Mutex<()>>,
     config: Arc<StorageConfig>,
     max_size: u32,
+    /// `database_request_timeout`: a unit of work (queueing included) answered 503 after it.
+    deadline: Duration,
 }
 
 /// A pool of connections to the file with our pragmas; `setting` names the URL in errors.
@@ -131,6 +133,7 @@ impl SqliteStorage {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             config: Arc::new(config),
             max_size: settings.max_size.max(1),
+            deadline: super::pooled::deadline(settings),
         })
     }
 
@@ -139,14 +142,28 @@ impl SqliteStorage {
         T: Send + 'static,
         F: FnOnce(&mut Conn, &StorageConfig) -> ApiResult<T> + Send + 'static,
     {
+        self.blocking_within(self.deadline, f).await
+    }
+
+    /// On a blocking thread; the client gets 503 after `deadline` while the work itself
+    /// finishes (commit or rollback) on its thread.
+    async fn blocking_within<T, F>(&self, deadline: Duration, f: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn, &StorageConfig) -> ApiResult<T> + Send + 'static,
+    {
         let pool = self.pool.clone();
         let config = self.config.clone();
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let mut conn = pool.get()?;
             f(&mut conn, &config)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+        });
+        match tokio::time::timeout(deadline, task).await {
+            Ok(joined) => {
+                joined.map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+            }
+            Err(_) => Err(super::pooled::too_slow()),
+        }
     }
 
     /// A read-only unit of work on one snapshot.
@@ -167,7 +184,10 @@ impl SqliteStorage {
         F: FnOnce(&mut Conn, &WriteScope, &StorageConfig) -> ApiResult<T> + Send + 'static,
     {
         let uid = user.legacy_id as i64;
-        let turn = self.write_lock.clone().lock_owned().await;
+        // Waiting for the writers ahead counts toward the deadline too.
+        let turn = tokio::time::timeout(self.deadline, self.write_lock.clone().lock_owned())
+            .await
+            .map_err(|_| super::pooled::too_slow())?;
         self.blocking(move |conn, config| {
             // Held until the transaction ends, even if the request is dropped meanwhile.
             let _turn = turn;
@@ -277,7 +297,8 @@ impl StorageDb for SqliteStorage {
 
     async fn purge_expired(&self) -> ApiResult<PurgeStats> {
         let turn = self.write_lock.clone().lock_owned().await;
-        self.blocking(move |conn, _| {
+        // An operator's command over every user: no request deadline.
+        self.blocking_within(Duration::MAX, move |conn, _| {
             let _turn = turn;
             conn.immediate_transaction(|conn| ops::purge_expired(conn, SyncTimestamp::now()))
         })

@@ -97,6 +97,8 @@ impl TokenserverSettings {
             connection_lifespan_secs: None,
             connection_max_idle_secs: None,
             run_migrations: self.run_migrations,
+            // Unused: token requests are bounded by `database_request_timeout` (504) instead.
+            request_timeout_secs: u32::MAX,
         }
     }
 

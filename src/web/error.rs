@@ -28,6 +28,9 @@ impl ResponseError for ApiError {
             // The rest of the body may still be on its way: do not read it, close.
             builder.force_close();
         }
+        if let Some(secs) = self.backoff() {
+            builder.insert_header((super::headers::X_WEAVE_BACKOFF, HeaderValue::from(secs)));
+        }
         if let Some(secs) = self.retry_after() {
             builder.insert_header((RETRY_AFTER, HeaderValue::from(secs)));
         }

@@ -8,6 +8,7 @@ pub const X_LAST_MODIFIED: &str = "X-Last-Modified";
 pub const X_WEAVE_TIMESTAMP: &str = "X-Weave-Timestamp";
 pub const X_WEAVE_RECORDS: &str = "X-Weave-Records";
 pub const X_WEAVE_NEXT_OFFSET: &str = "X-Weave-Next-Offset";
+pub const X_WEAVE_BACKOFF: &str = "X-Weave-Backoff";
 
 /// A header as text; non-UTF-8 values count as garbage the caller rejects.
 pub fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {

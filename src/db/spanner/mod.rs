@@ -95,10 +95,13 @@ pub(crate) fn status_error(status: Status) -> ApiError {
             ErrorKind::Conflict,
             format!("{ABORTED}: {}", status.message()),
         ),
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => ApiError::new(
-            ErrorKind::Conflict,
-            format!("spanner unavailable: {}", status.message()),
-        ),
+        // Cancelled: the client side's own RPC timeout fired (Spanner did not answer).
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                format!("spanner unavailable: {}", status.message()),
+            )
+        }
         _ => ApiError::internal(format!("spanner: {status}")),
     }
 }
@@ -106,7 +109,10 @@ pub(crate) fn status_error(status: Status) -> ApiError {
 fn client_error(e: gcloud_spanner::client::Error) -> ApiError {
     match e {
         gcloud_spanner::client::Error::GRPC(status) => status_error(status),
-        other => ApiError::new(ErrorKind::Conflict, format!("spanner unavailable: {other}")),
+        other => ApiError::new(
+            ErrorKind::Unavailable,
+            format!("spanner unavailable: {other}"),
+        ),
     }
 }
 
@@ -255,7 +261,7 @@ struct Handle {
 }
 
 fn timed_out() -> ApiError {
-    ApiError::new(ErrorKind::Conflict, "spanner did not answer in time")
+    ApiError::new(ErrorKind::Unavailable, "spanner did not answer in time")
 }
 
 impl SpannerStorage {
@@ -273,7 +279,9 @@ impl SpannerStorage {
 macro_rules! detached_unit {
     ($self:ident, $this:ident => $($body:tt)*) => {{
         let $this = $self.handle();
-        crate::db::pooled::detached(async move {
+        // Each step of a Spanner unit of work has its own deadline (`read_unit!`, the write
+        // loop), so the task as a whole is not bounded again here.
+        crate::db::pooled::detached(std::time::Duration::MAX, async move {
             let $this = &$this;
             $($body)*
         })

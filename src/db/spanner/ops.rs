@@ -452,7 +452,7 @@ pub async fn stream_bsos(
     let bounded = |e: tokio::time::error::Elapsed| {
         let _ = e;
         ApiError::new(
-            crate::error::ErrorKind::Conflict,
+            crate::error::ErrorKind::Unavailable,
             "spanner did not answer in time",
         )
     };

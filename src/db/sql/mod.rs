@@ -17,6 +17,9 @@ pub struct PoolSettings {
     pub connection_lifespan_secs: Option<u32>,
     pub connection_max_idle_secs: Option<u32>,
     pub run_migrations: bool,
+    /// Seconds a unit of work may take before the client gets 503 (the database is stuck or
+    /// overloaded); the unit itself still finishes (commit or rollback) on its own task.
+    pub request_timeout_secs: u32,
 }
 
 impl Default for PoolSettings {
@@ -27,6 +30,7 @@ impl Default for PoolSettings {
             connection_lifespan_secs: None,
             connection_max_idle_secs: None,
             run_migrations: true,
+            request_timeout_secs: 60,
         }
     }
 }
@@ -54,7 +58,7 @@ impl From<diesel::result::Error> for ApiError {
         } else if connection_lost {
             // The database went away (restart, failover): clients come back later.
             ApiError::new(
-                ErrorKind::Conflict,
+                ErrorKind::Unavailable,
                 format!("database connection lost: {text}"),
             )
         } else {
@@ -89,6 +93,6 @@ pub fn is_transient(e: &ApiError) -> bool {
 
 impl From<diesel::r2d2::PoolError> for ApiError {
     fn from(e: diesel::r2d2::PoolError) -> Self {
-        ApiError::new(ErrorKind::Conflict, format!("database unavailable: {e}"))
+        ApiError::new(ErrorKind::Unavailable, format!("database unavailable: {e}"))
     }
 }

@@ -159,7 +159,8 @@ macro_rules! pooled_tokenserver {
                 crate::pool_checkout!($Conn);
                 let pool = self.pool.clone();
                 let settings = self.settings.clone();
-                crate::db::pooled::detached(async move {
+                // The tokenserver bounds its requests itself (`database_request_timeout`, 504).
+                crate::db::pooled::detached(std::time::Duration::MAX, async move {
                     use diesel_async::{AsyncConnection, SimpleAsyncConnection};
                     let mut obj = connection(&pool, &settings).await?;
                     let conn: &mut $Conn = &mut obj;
