@@ -175,7 +175,7 @@ mod ops {
         conn: &mut Conn,
         scope: &WriteScope,
         batch: BatchKey,
-        ids: Option<&[String]>,
+        which: Staged<'_>,
     ) -> QueryResult<Vec<BsoUpdate>> {
         type Row = (String, Option<i32>, Option<String>, Option<i64>);
         let columns = (
@@ -185,15 +185,20 @@ mod ops {
             batch_bsos::ttl,
         );
         let mut rows: Vec<Row> = Vec::new();
-        match ids {
-            None => {
-                rows = staged_query(scope, batch)
+        match which {
+            Staged::After(after) => {
+                let mut query = staged_query(scope, batch);
+                if let Some(after) = after {
+                    query = query.filter(batch_bsos::batch_bso_id.gt(after.to_owned()));
+                }
+                rows = query
                     .select(columns)
                     .order(batch_bsos::batch_bso_id)
+                    .limit(COMMIT_CHUNK)
                     .load(conn)
                     .await?
             }
-            Some(ids) => {
+            Staged::Ids(ids) => {
                 for chunk in ids.chunks(CHUNK) {
                     let found: Vec<Row> = staged_query(scope, batch)
                         .filter(batch_bsos::batch_bso_id.eq_any(chunk))

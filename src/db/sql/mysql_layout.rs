@@ -102,7 +102,7 @@ macro_rules! mysql_layout_ops {
         }
 
         /// Staged records, all or those with `ids`.
-        $($asy)* fn staged_items(conn: &mut Conn, scope: &WriteScope, batch: BatchKey, ids: Option<&[String]>) -> QueryResult<Vec<BsoUpdate>> {
+        $($asy)* fn staged_items(conn: &mut Conn, scope: &WriteScope, batch: BatchKey, which: Staged<'_>) -> QueryResult<Vec<BsoUpdate>> {
             let uid = scope.uid;
             let base = || {
                 batch_upload_items::table
@@ -118,9 +118,15 @@ macro_rules! mysql_layout_ops {
                     .into_boxed::<Db>()
             };
             let mut rows: Vec<(String, Option<i32>, Option<String>, Option<i32>)> = Vec::new();
-            match ids {
-                None => rows = base().load(conn)$($aw)*?,
-                Some(ids) => {
+            match which {
+                Staged::After(after) => {
+                    let mut query = base();
+                    if let Some(after) = after {
+                        query = query.filter(batch_upload_items::id.gt(after.to_owned()));
+                    }
+                    rows = query.limit(COMMIT_CHUNK).load(conn)$($aw)*?;
+                }
+                Staged::Ids(ids) => {
                     for chunk in ids.chunks(CHUNK) {
                         let found: Vec<_> = base().filter(batch_upload_items::id.eq_any(chunk)).load(conn)$($aw)*?;
                         rows.extend(found);

@@ -12,6 +12,18 @@ use crate::protocol::{Bso, Offset, StoredBso, SyncTimestamp};
 pub const CHUNK: usize = 500;
 pub use crate::db::rules::TOMBSTONE;
 
+/// Staged records a batch operation reads: those with these ids (merging re-sent records), or
+/// the next `COMMIT_CHUNK` in id order after an id (a commit, chunk by chunk, so its memory
+/// does not grow with the batch).
+#[derive(Debug, Clone, Copy)]
+pub enum Staged<'a> {
+    Ids(&'a [String]),
+    After(Option<&'a str>),
+}
+
+/// Staged records a commit applies at a time.
+pub const COMMIT_CHUNK: i64 = 100;
+
 /// The state of a write unit of work once the collection is locked.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteScope {
@@ -373,7 +385,7 @@ macro_rules! storage_ops {
         /// keeps the batch within max_total_records / max_total_bytes (400, code 17).
         $($asy)* fn stage(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig, batch: BatchKey, updates: &[BsoUpdate]) -> ApiResult<()> {
             let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-            let staged = staged_items(conn, scope, batch, Some(&ids))$($aw)*?;
+            let staged = staged_items(conn, scope, batch, Staged::Ids(&ids))$($aw)*?;
             let merged = $crate::db::rules::merge_staged(staged, updates);
             put_staged(conn, scope, batch, &merged)$($aw)*?;
             let (records, bytes) = staged_totals(conn, scope, batch)$($aw)*?;
@@ -385,9 +397,12 @@ macro_rules! storage_ops {
         /// Applies everything staged with one T (every record gets modified = T), then drops
         /// the batch.
         $($asy)* fn commit_batch(conn: &mut Conn, scope: &WriteScope, config: &StorageConfig, batch: BatchKey) -> ApiResult<SyncTimestamp> {
-            let staged = staged_items(conn, scope, batch, None)$($aw)*?;
-            for chunk in staged.chunks(CHUNK) {
-                apply_updates(conn, scope.uid, scope.cid, chunk, scope.t, ModifiedRule::Always)$($aw)*?;
+            let mut after: Option<String> = None;
+            loop {
+                let chunk = staged_items(conn, scope, batch, Staged::After(after.as_deref()))$($aw)*?;
+                let Some(last) = chunk.last() else { break };
+                after = Some(last.id.clone());
+                apply_updates(conn, scope.uid, scope.cid, &chunk, scope.t, ModifiedRule::Always)$($aw)*?;
             }
             drop_batch(conn, scope, batch)$($aw)*?;
             Ok(finish_write(conn, scope, config)$($aw)*?)
