@@ -62,6 +62,18 @@ pub fn ensure_later(floor: SyncTimestamp, t: SyncTimestamp) -> ApiResult<()> {
     Ok(())
 }
 
+/// Staged records a batch operation reads: those with these ids (merging re-sent records), or
+/// the next `COMMIT_CHUNK` in id order after an id (a commit, chunk by chunk, so its memory
+/// does not grow with the batch).
+#[derive(Debug, Clone, Copy)]
+pub enum Staged<'a> {
+    Ids(&'a [String]),
+    After(Option<&'a str>),
+}
+
+/// Staged records a commit applies at a time.
+pub const COMMIT_CHUNK: i64 = 100;
+
 /// A batch may hold at most max_total_records records and max_total_bytes of payload (400,
 /// code 17).
 pub fn check_batch_totals(limits: &Limits, records: i64, bytes: i64) -> ApiResult<()> {

@@ -12,7 +12,7 @@ use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 
 use super::status_error;
 use crate::db::listing::{self, Listing, ListingSender};
-use crate::db::rules::{self, TOMBSTONE};
+use crate::db::rules::{self, Staged, TOMBSTONE};
 use crate::db::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody,
     InfoKind, PostBsos, PostResult, PutBso, StorageConfig, UserId, not_found,
@@ -769,18 +769,29 @@ async fn staged_items(
     tx: &mut Transaction,
     scope: &Scope,
     batch: &str,
-    ids: Option<&[String]>,
+    which: Staged<'_>,
 ) -> ApiResult<Vec<BsoUpdate>> {
     let mut sql = String::from(
         "SELECT batch_bso_id, payload, sortindex, ttl FROM batch_bsos WHERE fxa_uid = @fxa_uid \
          AND fxa_kid = @fxa_kid AND collection_id = @cid AND batch_id = @batch",
     );
-    if ids.is_some() {
-        sql.push_str(" AND batch_bso_id IN UNNEST(@ids)");
+    match which {
+        Staged::Ids(_) => sql.push_str(" AND batch_bso_id IN UNNEST(@ids)"),
+        Staged::After(after) => {
+            if after.is_some() {
+                sql.push_str(" AND batch_bso_id > @after");
+            }
+            sql.push_str(&format!(
+                " ORDER BY batch_bso_id LIMIT {}",
+                rules::COMMIT_CHUNK
+            ));
+        }
     }
     let mut stmt = batch_stmt(&sql, scope, batch);
-    if let Some(ids) = ids {
-        stmt.add_param("ids", &ids.to_vec());
+    match which {
+        Staged::Ids(ids) => stmt.add_param("ids", &ids.to_vec()),
+        Staged::After(Some(after)) => stmt.add_param("after", &after),
+        Staged::After(None) => {}
     }
     rows(tx, stmt)
         .await?
@@ -849,7 +860,7 @@ async fn stage(
     updates: &[BsoUpdate],
 ) -> ApiResult<()> {
     let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-    let staged = staged_items(tx, scope, batch, Some(&ids)).await?;
+    let staged = staged_items(tx, scope, batch, Staged::Ids(&ids)).await?;
     let merged = rules::merge_staged(staged, updates);
     put_staged(tx, scope, batch, &merged).await?;
     let (records, bytes) = staged_totals(tx, scope, batch).await?;
@@ -870,25 +881,45 @@ async fn commit_batch(
     batch: &str,
     last: &[BsoUpdate],
 ) -> ApiResult<SyncTimestamp> {
-    let mut staged = staged_items(tx, scope, batch, None).await?;
-    let mut index: HashMap<String, usize> = staged
-        .iter()
-        .enumerate()
-        .map(|(i, u)| (u.id.clone(), i))
-        .collect();
-    for u in last {
-        match index.get(&u.id) {
-            Some(&i) => staged[i] = staged[i].merged_with(u),
-            None => {
-                index.insert(u.id.clone(), staged.len());
-                staged.push(u.clone());
-            }
-        }
+    // Committed usage before this batch lands, for the quota rule at the end.
+    let used = if config.enable_quota {
+        user_usage_bytes(tx, user, scope.t).await?
+    } else {
+        0
+    };
+    // Staged records chunk by chunk (memory does not grow with the batch), each merged with
+    // the commit request's own records for its ids; those left over are applied last. It is
+    // one transaction: a limit found exceeded at the end rolls all of it back.
+    let mut pending: HashMap<&str, &BsoUpdate> = last.iter().map(|u| (u.id.as_str(), u)).collect();
+    let (mut records, mut bytes) = (0i64, 0i64);
+    let mut after: Option<String> = None;
+    loop {
+        let chunk = staged_items(tx, scope, batch, Staged::After(after.as_deref())).await?;
+        let Some(tail) = chunk.last() else { break };
+        after = Some(tail.id.clone());
+        let merged: Vec<BsoUpdate> = chunk
+            .into_iter()
+            .map(|u| match pending.remove(u.id.as_str()) {
+                Some(newer) => u.merged_with(newer),
+                None => u,
+            })
+            .collect();
+        records += merged.len() as i64;
+        bytes += merged.iter().map(|u| u.payload_bytes() as i64).sum::<i64>();
+        apply_updates(tx, scope, &merged, ModifiedRule::Always).await?;
     }
-    let bytes: i64 = staged.iter().map(|u| u.payload_bytes() as i64).sum();
-    rules::check_batch_totals(&config.limits, staged.len() as i64, bytes)?;
-    check_quota(tx, scope, user, config, bytes).await?;
-    apply_updates(tx, scope, &staged, ModifiedRule::Always).await?;
+    let rest: Vec<BsoUpdate> = last
+        .iter()
+        .filter(|u| pending.contains_key(u.id.as_str()))
+        .cloned()
+        .collect();
+    records += rest.len() as i64;
+    bytes += rest.iter().map(|u| u.payload_bytes() as i64).sum::<i64>();
+    apply_updates(tx, scope, &rest, ModifiedRule::Always).await?;
+    rules::check_batch_totals(&config.limits, records, bytes)?;
+    if config.enable_quota {
+        rules::check_quota(config, used, bytes)?;
+    }
     let stmt = batch_stmt(
         "DELETE FROM batches WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid \
          AND collection_id = @cid AND batch_id = @batch",

@@ -10,19 +10,7 @@ use crate::protocol::{Bso, Offset, StoredBso, SyncTimestamp};
 
 /// Rows per statement, well under every engine's bound-variable limit.
 pub const CHUNK: usize = 500;
-pub use crate::db::rules::TOMBSTONE;
-
-/// Staged records a batch operation reads: those with these ids (merging re-sent records), or
-/// the next `COMMIT_CHUNK` in id order after an id (a commit, chunk by chunk, so its memory
-/// does not grow with the batch).
-#[derive(Debug, Clone, Copy)]
-pub enum Staged<'a> {
-    Ids(&'a [String]),
-    After(Option<&'a str>),
-}
-
-/// Staged records a commit applies at a time.
-pub const COMMIT_CHUNK: i64 = 100;
+pub use crate::db::rules::{COMMIT_CHUNK, Staged, TOMBSTONE};
 
 /// The state of a write unit of work once the collection is locked.
 #[derive(Debug, Clone, Copy)]
