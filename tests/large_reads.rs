@@ -29,6 +29,26 @@ fn rss_mb() -> u64 {
         / 1024
 }
 
+/// Runs `work`, sampling resident memory every 20 ms: its output, the RSS before, the peak.
+async fn peak_rss_during<T>(work: impl std::future::Future<Output = T>) -> (T, u64, u64) {
+    let baseline = rss_mb();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_mb(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let out = work.await;
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    (out, baseline, peak.load(Ordering::Relaxed))
+}
+
 /// Reads the whole collection, discarding the body as it arrives; returns its size.
 async fn read(user: &User<'_>) -> usize {
     let mut r = user
@@ -59,26 +79,12 @@ async fn concurrent_full_reads_of_a_large_collection_stay_small() {
     let expected = records * (RECORD_BYTES + 60);
     let n = read(&server.user(61)).await;
     assert!(n > records * RECORD_BYTES && n < expected, "{n} bytes");
-    let baseline = rss_mb();
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_mb(), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
     let readers: Vec<User<'_>> = (0..3).map(|_| server.user(61)).collect();
-    let sizes = futures::future::join_all(readers.iter().map(read)).await;
-    done.store(true, Ordering::Relaxed);
-    sampler.await.unwrap();
+    let (sizes, baseline, peak) =
+        peak_rss_during(futures::future::join_all(readers.iter().map(read))).await;
     for size in sizes {
         assert_eq!(size, n);
     }
-    let peak = peak.load(Ordering::Relaxed);
     eprintln!("RSS: baseline {baseline} MB, peak during three full reads {peak} MB");
     assert!(
         peak < baseline + 100,
@@ -112,27 +118,12 @@ async fn committing_a_large_batch_stays_small() {
             .await;
         assert_eq!(r.status, 202, "{}", r.body);
     }
-    let baseline = rss_mb();
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_mb(), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let r = user
-        .post(&format!("/storage/big?batch={q}&commit=true"), json!([]))
-        .await;
-    done.store(true, Ordering::Relaxed);
-    sampler.await.unwrap();
+    let commit_path = format!("/storage/big?batch={q}&commit=true");
+    let commit = user.post(&commit_path, json!([]));
+    let (r, baseline, peak) = peak_rss_during(commit).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let counts = user.get("/info/collection_counts").await.json();
     assert_eq!(counts["big"], records, "{counts}");
-    let peak = peak.load(Ordering::Relaxed);
     eprintln!("RSS: baseline {baseline} MB, peak during the commit {peak} MB");
     assert!(
         peak < baseline + 100,

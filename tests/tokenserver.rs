@@ -1185,7 +1185,7 @@ async fn a_stalling_fxa_does_not_hold_up_tokens_it_need_not_be_asked_about() {
     assert_ts_error(&r, 401, "invalid-credentials", "Unauthorized");
     for t in &took {
         assert!(
-            *t < std::time::Duration::from_secs(1),
+            *t < std::time::Duration::from_secs(2),
             "known key took {t:?}"
         );
     }
@@ -1211,7 +1211,8 @@ async fn the_verify_circuit_opens_when_fxa_keeps_failing() {
         let start = std::time::Instant::now();
         let r = env.bearer(&opaque(i), &key_id(1, "aaaa")).await;
         assert_ts_error(&r, 503, "error", "Resource is not available");
-        assert!(start.elapsed() < std::time::Duration::from_millis(500));
+        // Asking FxA would take the whole 1 s timeout.
+        assert!(start.elapsed() < std::time::Duration::from_millis(900));
     }
     assert_eq!(env.fxa.with(|s| s.verify_requests.len()), 5);
     // Tokens verified with the cached keys are unaffected.
