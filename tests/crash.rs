@@ -13,12 +13,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::backends::{self, ScratchDatabase};
 use serde_json::{Value, json};
 use syncserver::auth::hawk::{SignedRequest, sign};
-use syncserver::auth::{Secrets, TokenPayload, new_salt};
 
 #[test]
 fn on_mysql() {
@@ -77,24 +76,7 @@ fn start(env: &[(String, String)], log: &std::path::Path) -> Server {
 }
 
 fn authorization(uid: u64, method: &str, port: u16, target: &str) -> String {
-    let secrets = Secrets::new(SECRET);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let payload = TokenPayload {
-        uid,
-        node: format!("http://127.0.0.1:{port}"),
-        expires: (now + 3600.0).round(),
-        salt: new_salt(),
-        fxa_uid: format!("{uid:032x}"),
-        fxa_kid: "0000000001234-qqo".into(),
-        hashed_fxa_uid: String::new(),
-        hashed_device_id: String::new(),
-        tokenserver_origin: Some("rust".into()),
-    };
-    let id = secrets.make_token(&payload);
-    let key = secrets.derived_secret(&id, &payload.salt);
+    let (id, key) = common::credentials(uid, &format!("http://127.0.0.1:{port}"), 3600.0, SECRET);
     sign(
         &id,
         &key,

@@ -1,9 +1,10 @@
 //! Collection listings sent as they are read, so a `?full=1` GET's memory does not grow with
-//! the collection (issue 13). A listing is one read unit of work on one snapshot: first the
-//! ids and timestamps of the whole page (small; they give `X-Weave-Records` and the next
-//! offset before any byte of the body is sent), then, for full records, the same page again
-//! in chunks of `CHUNK_RECORDS`, each handed to the response through a channel of
-//! `CHANNEL_CHUNKS`. A client that stops reading for `STALL` ends the unit of work.
+//! the collection (issue 13). A listing is one read unit of work on one snapshot. A page that
+//! fits in one chunk of `CHUNK_RECORDS` (the common case) is one query, as before. A bigger
+//! full page first reads the ids and timestamps of the whole page (small; they give
+//! `X-Weave-Records` and the next offset before any byte of the body is sent), then the records
+//! in chunks, each handed to the response through a channel of `CHANNEL_CHUNKS`. A client that
+//! stops reading for `STALL` ends the unit of work.
 
 use std::time::Duration;
 
@@ -20,17 +21,18 @@ pub const CHANNEL_CHUNKS: usize = 2;
 /// How long the database side waits for a client that does not read.
 pub const STALL: Duration = Duration::from_secs(60);
 
-/// What the database side sends: the head, then the records (when full), in order.
+/// What the database side sends: the head, then (when `more`) the records, in order. A head
+/// without `more` is the whole answer (full records or ids, as asked).
 #[derive(Debug)]
 pub enum Listing {
-    Head(BsoPage),
+    Head { page: BsoPage, more: bool },
     Records(Vec<Bso>),
 }
 
 pub type ListingSender = mpsc::Sender<ApiResult<Listing>>;
 
-/// A listing as the response sees it: the head (ids, timestamps, next offset) and, for full
-/// records, the chunks still to come.
+/// A listing as the response sees it: the head (the whole answer, or the ids, timestamps and
+/// next offset of a bigger one) and the chunks still to come.
 pub struct BsoStream {
     pub head: BsoPage,
     pub records: Option<mpsc::Receiver<ApiResult<Listing>>>,
@@ -52,23 +54,18 @@ pub async fn send(tx: &ListingSender, item: ApiResult<Listing>) -> ApiResult<()>
     }
 }
 
-/// Sends from a blocking unit of work (SQLite), with the same stall bound.
+/// Sends from a blocking unit of work (SQLite, on tokio's blocking pool), with the same stall
+/// bound.
 pub fn send_blocking(tx: &ListingSender, item: ApiResult<Listing>) -> ApiResult<()> {
-    let deadline = std::time::Instant::now() + STALL;
-    let mut item = item;
-    loop {
-        match tx.try_send(item) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(gone()),
-            Err(mpsc::error::TrySendError::Full(back)) => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(gone());
-                }
-                item = back;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
+    tokio::runtime::Handle::current().block_on(send(tx, item))
+}
+
+/// How many records the first read takes: a page within one chunk is read whole at once.
+pub fn first_chunk(q: &BsoQuery, max_records: u32) -> u32 {
+    q.limit
+        .unwrap_or(max_records)
+        .min(max_records)
+        .min(CHUNK_RECORDS)
 }
 
 /// The head query: the page's ids and timestamps only.
@@ -96,14 +93,11 @@ pub fn next_chunk(total: usize, sent: usize) -> Option<u32> {
 
 /// Waits for the head of a listing started on another task; errors before it (304, 412, a
 /// database failure) come back here.
-pub async fn receive(
-    mut rx: mpsc::Receiver<ApiResult<Listing>>,
-    full: bool,
-) -> ApiResult<BsoStream> {
+pub async fn receive(mut rx: mpsc::Receiver<ApiResult<Listing>>) -> ApiResult<BsoStream> {
     match rx.recv().await {
-        Some(Ok(Listing::Head(head))) => Ok(BsoStream {
-            records: (full && !head.items.is_empty()).then_some(rx),
-            head,
+        Some(Ok(Listing::Head { page, more })) => Ok(BsoStream {
+            records: more.then_some(rx),
+            head: page,
         }),
         Some(Err(e)) => Err(e),
         Some(Ok(Listing::Records(_))) | None => {
@@ -128,10 +122,23 @@ mod tests {
         assert_eq!(next_chunk(0, 0), None);
     }
 
-    #[test]
-    fn a_stalled_client_ends_a_blocking_sender() {
+    #[tokio::test]
+    async fn a_gone_client_ends_a_blocking_sender() {
         let (tx, rx) = channel();
         drop(rx);
-        assert!(send_blocking(&tx, Ok(Listing::Records(vec![]))).is_err());
+        let sent =
+            tokio::task::spawn_blocking(move || send_blocking(&tx, Ok(Listing::Records(vec![]))));
+        assert!(sent.await.unwrap().is_err());
+    }
+
+    #[test]
+    fn a_small_page_is_one_read() {
+        let q = |limit| BsoQuery {
+            limit,
+            ..BsoQuery::default()
+        };
+        assert_eq!(first_chunk(&q(Some(5)), 10_000), 5);
+        assert_eq!(first_chunk(&q(None), 10_000), CHUNK_RECORDS);
+        assert_eq!(first_chunk(&q(None), 3), 3);
     }
 }

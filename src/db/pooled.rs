@@ -178,8 +178,7 @@ macro_rules! pooled_backend {
             }
 
             async fn stream_bsos(&self, params: $crate::db::GetBsos) -> $crate::error::ApiResult<$crate::db::listing::BsoStream> {
-                let full = params.query.full;
-                let (tx, rx) = $crate::db::listing::channel();
+                        let (tx, rx) = $crate::db::listing::channel();
                 let pool = self.pool.clone();
                 let settings = self.settings.clone();
                 let config = self.config.clone();
@@ -204,7 +203,7 @@ macro_rules! pooled_backend {
                         let _ = $crate::db::listing::send(&tx, Err(e)).await;
                     }
                 });
-                $crate::db::listing::receive(rx, full).await
+                $crate::db::listing::receive(rx).await
             }
 
             async fn get_bso(&self, params: $crate::db::BsoRef) -> $crate::error::ApiResult<$crate::protocol::Bso> {

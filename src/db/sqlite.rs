@@ -219,7 +219,6 @@ impl StorageDb for SqliteStorage {
     }
 
     async fn stream_bsos(&self, params: GetBsos) -> ApiResult<listing::BsoStream> {
-        let full = params.query.full;
         let (tx, rx) = listing::channel();
         let pool = self.pool.clone();
         let config = self.config.clone();
@@ -233,7 +232,7 @@ impl StorageDb for SqliteStorage {
                 let _ = listing::send_blocking(&tx, Err(e));
             }
         });
-        listing::receive(rx, full).await
+        listing::receive(rx).await
     }
 
     async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {

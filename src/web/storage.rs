@@ -116,6 +116,7 @@ pub async fn get_collection(req: HttpRequest, state: Data<AppState>) -> ApiResul
     let query = BsoQuery::parse(req.query_string())?;
     let format = negotiate_output(header(&req, "Accept"))?;
     let target = collection_ref(&req, user, collection)?;
+    let query_full = query.full;
     let listing = state
         .storage()?
         .stream_bsos(GetBsos { target, query })
@@ -133,15 +134,21 @@ pub async fn get_collection(req: HttpRequest, state: Data<AppState>) -> ApiResul
     });
     let framing = Framing::new(format);
     Ok(match listing.records {
-        // Ids only: the head is the whole answer.
+        // The head is the whole answer: full records or ids, as asked.
         None => {
-            let ids: Vec<String> = head
+            let values: Vec<String> = head
                 .items
                 .iter()
-                .map(|b| serde_json::to_string(&b.id))
+                .map(|b| {
+                    if query_full {
+                        serde_json::to_string(b)
+                    } else {
+                        serde_json::to_string(&b.id)
+                    }
+                })
                 .collect::<Result<_, _>>()
                 .map_err(|e| crate::error::ApiError::internal(e.to_string()))?;
-            builder.body(framing.whole(&ids))
+            builder.body(framing.whole(&values))
         }
         // Full records: sent chunk by chunk as the database reads them. Up to
         // `BUFFERED_BODY` is gathered first, so that most listings still go out whole, with a
@@ -182,7 +189,7 @@ const BUFFERED_BODY: usize = 1 << 20;
 fn encode(framing: &mut Framing, message: Listing) -> ApiResult<Bytes> {
     let items = match message {
         Listing::Records(items) => items,
-        Listing::Head(_) => Vec::new(),
+        Listing::Head { .. } => Vec::new(),
     };
     let values: Vec<String> = items
         .iter()

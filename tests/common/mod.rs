@@ -106,24 +106,7 @@ impl TestServer {
 
     /// A user whose token expires `expires_in` seconds from now, signed with `secret`.
     pub fn user_with(&self, uid: u64, expires_in: f64, secret: &str) -> User<'_> {
-        let secrets = Secrets::new(secret);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        let payload = TokenPayload {
-            uid,
-            node: self.base.clone(),
-            expires: (now + expires_in).round(),
-            salt: tokenlib::new_salt(),
-            fxa_uid: format!("{uid:032x}"),
-            fxa_kid: "0000000001234-qqo".into(),
-            hashed_fxa_uid: String::new(),
-            hashed_device_id: String::new(),
-            tokenserver_origin: Some("rust".into()),
-        };
-        let id = secrets.make_token(&payload);
-        let key = secrets.derived_secret(&id, &payload.salt);
+        let (id, key) = credentials(uid, &self.base, expires_in, secret);
         User {
             server: self,
             uid,
@@ -443,6 +426,30 @@ pub async fn ids_in(user: &User<'_>, collection: &str) -> BTreeSet<String> {
     let r = user.get(&format!("/storage/{collection}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     strings(&r.json()).into_iter().collect()
+}
+
+/// A tokenlib token id and its Hawk key for `uid` on `node`, as a tokenserver sharing `secret`
+/// mints them, expiring `expires_in` seconds from now.
+pub fn credentials(uid: u64, node: &str, expires_in: f64, secret: &str) -> (String, String) {
+    let secrets = Secrets::new(secret);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let payload = TokenPayload {
+        uid,
+        node: node.to_owned(),
+        expires: (now + expires_in).round(),
+        salt: tokenlib::new_salt(),
+        fxa_uid: format!("{uid:032x}"),
+        fxa_kid: "0000000001234-qqo".into(),
+        hashed_fxa_uid: String::new(),
+        hashed_device_id: String::new(),
+        tokenserver_origin: Some("rust".into()),
+    };
+    let id = secrets.make_token(&payload);
+    let key = secrets.derived_secret(&id, &payload.salt);
+    (id, key)
 }
 
 /// `/info/collections` body and its X-Last-Modified, for "nothing changed" checks.

@@ -306,7 +306,6 @@ impl StorageDb for SpannerStorage {
     }
 
     async fn stream_bsos(&self, params: GetBsos) -> ApiResult<listing::BsoStream> {
-        let full = params.query.full;
         let (tx, rx) = listing::channel();
         let this = self.handle();
         // Detached: the read goes on while the response is sent; a read-only transaction
@@ -325,7 +324,7 @@ impl StorageDb for SpannerStorage {
                 let _ = listing::send(&tx, Err(e)).await;
             }
         });
-        listing::receive(rx, full).await
+        listing::receive(rx).await
     }
 
     async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {

@@ -440,8 +440,9 @@ pub async fn get_bsos(
 }
 
 /// `get_bsos` sent as it is read (`db::listing`), from the read-only transaction's snapshot:
-/// the head, then the full records in chunks; each read is bounded by `step` (a deadline per
-/// read, not for the whole listing, whose pace is the client's).
+/// a page within one chunk in one read, a bigger full page as its head, then the records in
+/// chunks; each read is bounded by `step` (a deadline per read, not for the whole listing,
+/// whose pace is the client's).
 pub async fn stream_bsos(
     tx: &mut Transaction,
     config: &StorageConfig,
@@ -449,8 +450,7 @@ pub async fn stream_bsos(
     out: &ListingSender,
     step: std::time::Duration,
 ) -> ApiResult<()> {
-    let bounded = |e: tokio::time::error::Elapsed| {
-        let _ = e;
+    let bounded = |_: tokio::time::error::Elapsed| {
         ApiError::new(
             crate::error::ErrorKind::Unavailable,
             "spanner did not answer in time",
@@ -458,56 +458,71 @@ pub async fn stream_bsos(
     };
     require_identity(&params.target.user)?;
     let user = &params.target.user;
+    let q = &params.query;
     let now = SyncTimestamp::now();
     let max = config.limits.max_total_records;
     let cid = tokio::time::timeout(step, collection_id(tx, &params.target.collection))
         .await
         .map_err(bounded)??;
-    let head = match cid {
-        None => {
-            params.target.precondition.check(SyncTimestamp::ZERO)?;
-            BsoPage {
-                collection_ts: SyncTimestamp::ZERO,
-                items: vec![],
-                next_offset: None,
-            }
-        }
-        Some(cid) => {
-            let ts = tokio::time::timeout(step, collection_ts(tx, user, cid))
-                .await
-                .map_err(bounded)??
-                .unwrap_or_default();
-            params.target.precondition.check(ts)?;
-            let head_q = listing::head_query(&params.query);
-            let (items, next_offset) =
-                tokio::time::timeout(step, list_bsos(tx, user, cid, &head_q, max, now))
-                    .await
-                    .map_err(bounded)??;
-            BsoPage {
-                collection_ts: ts,
-                items,
-                next_offset,
-            }
-        }
+    let Some(cid) = cid else {
+        params.target.precondition.check(SyncTimestamp::ZERO)?;
+        let page = BsoPage {
+            collection_ts: SyncTimestamp::ZERO,
+            items: vec![],
+            next_offset: None,
+        };
+        return listing::send(out, Ok(Listing::Head { page, more: false })).await;
     };
-    let total = head.items.len();
-    listing::send(out, Ok(Listing::Head(head))).await?;
-    let (Some(cid), true) = (cid, params.query.full) else {
-        return Ok(());
+    let ts = tokio::time::timeout(step, collection_ts(tx, user, cid))
+        .await
+        .map_err(bounded)??
+        .unwrap_or_default();
+    params.target.precondition.check(ts)?;
+    let page_limit = q.limit.unwrap_or(max).min(max);
+    let n = listing::first_chunk(q, max);
+    let first_q = if q.full {
+        listing::chunk_query(q, q.offset, n)
+    } else {
+        q.clone()
     };
-    let (mut offset, mut sent) = (params.query.offset, 0);
-    while let Some(n) = listing::next_chunk(total, sent) {
-        let q = listing::chunk_query(&params.query, offset, n);
-        let (items, next) = tokio::time::timeout(step, list_bsos(tx, user, cid, &q, max, now))
+    let (first, next) = tokio::time::timeout(step, list_bsos(tx, user, cid, &first_q, max, now))
+        .await
+        .map_err(bounded)??;
+    if !q.full || next.is_none() || n == page_limit {
+        // The whole page: one read, as without streaming.
+        let page = BsoPage {
+            collection_ts: ts,
+            items: first,
+            next_offset: next,
+        };
+        return listing::send(out, Ok(Listing::Head { page, more: false })).await;
+    }
+    let head_q = listing::head_query(q);
+    let (items, next_offset) =
+        tokio::time::timeout(step, list_bsos(tx, user, cid, &head_q, max, now))
             .await
             .map_err(bounded)??;
-        sent += items.len();
-        let last = items.is_empty();
-        listing::send(out, Ok(Listing::Records(items))).await?;
-        match next {
-            Some(next) if !last => offset = next,
-            _ => break,
+    let total = items.len();
+    let page = BsoPage {
+        collection_ts: ts,
+        items,
+        next_offset,
+    };
+    listing::send(out, Ok(Listing::Head { page, more: true })).await?;
+    let (mut sent, mut offset) = (first.len(), next);
+    listing::send(out, Ok(Listing::Records(first))).await?;
+    while let (Some(from), Some(n)) = (offset, listing::next_chunk(total, sent)) {
+        let chunk_q = listing::chunk_query(q, from, n);
+        let (items, next) =
+            tokio::time::timeout(step, list_bsos(tx, user, cid, &chunk_q, max, now))
+                .await
+                .map_err(bounded)??;
+        if items.is_empty() {
+            break;
         }
+        sent += items.len();
+        offset = next;
+        listing::send(out, Ok(Listing::Records(items))).await?;
     }
     Ok(())
 }

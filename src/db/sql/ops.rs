@@ -71,7 +71,7 @@ macro_rules! storage_ops {
 
         const BSO_COLUMNS: (bso::id, bso::payload, bso::sortindex, bso::modified, bso::ttl) =
             (bso::id, bso::payload, bso::sortindex, bso::modified, bso::ttl);
-        use $crate::db::listing::{Listing, ListingSender, chunk_query, head_query, next_chunk};
+        use $crate::db::listing::{Listing, ListingSender, chunk_query, first_chunk, head_query, next_chunk};
         use $crate::db::{
             BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody, InfoKind,
             PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, not_found,
@@ -425,40 +425,44 @@ macro_rules! storage_ops {
             Ok(page(ts, list_bsos(conn, uid, cid, &params.query, SyncTimestamp::now(), max)$($aw)*?))
         }
 
-        /// A listing sent as it is read (`db::listing`): the head, then the full records in
-        /// chunks, all from this transaction's snapshot and one `now` (so expiry cannot change
-        /// the page between chunks). `emit` is the backend's way to hand a message over.
+        /// A listing sent as it is read (`db::listing`): a page within one chunk in one read;
+        /// a bigger full page as its head, then the records in chunks. All from this
+        /// transaction's snapshot and one `now` (so expiry cannot change the page between
+        /// chunks). `emit` is the backend's way to hand a message over.
         pub $($asy)* fn stream_bsos(conn: &mut Conn, config: &StorageConfig, params: GetBsos, out: &ListingSender) -> ApiResult<()> {
             let uid = params.target.user.legacy_id as i64;
             let now = SyncTimestamp::now();
             let max = config.limits.max_total_records;
-            let cid = collection_id(conn, &params.target.collection)$($aw)*?;
-            let head = match cid {
-                None => {
-                    check(params.target.precondition, SyncTimestamp::ZERO)?;
-                    BsoPage { collection_ts: SyncTimestamp::ZERO, items: vec![], next_offset: None }
-                }
-                Some(cid) => {
-                    let ts = collection_ts(conn, uid, cid)$($aw)*?.unwrap_or_default();
-                    check(params.target.precondition, ts)?;
-                    page(ts, list_bsos(conn, uid, cid, &head_query(&params.query), now, max)$($aw)*?)
-                }
+            let q = &params.query;
+            let Some(cid) = collection_id(conn, &params.target.collection)$($aw)*? else {
+                check(params.target.precondition, SyncTimestamp::ZERO)?;
+                let page = BsoPage { collection_ts: SyncTimestamp::ZERO, items: vec![], next_offset: None };
+                return emit(out, Ok(Listing::Head { page, more: false }))$($aw)*;
             };
+            let ts = collection_ts(conn, uid, cid)$($aw)*?.unwrap_or_default();
+            check(params.target.precondition, ts)?;
+            let page_limit = q.limit.unwrap_or(max).min(max);
+            let n = first_chunk(q, max);
+            let first_q = if q.full { chunk_query(q, q.offset, n) } else { q.clone() };
+            let (first, next) = list_bsos(conn, uid, cid, &first_q, now, max)$($aw)*?;
+            if !q.full || next.is_none() || n == page_limit {
+                // The whole page: one read, as without streaming.
+                let page = page(ts, (first, next));
+                return emit(out, Ok(Listing::Head { page, more: false }))$($aw)*;
+            }
+            let head = page(ts, list_bsos(conn, uid, cid, &head_query(q), now, max)$($aw)*?);
             let total = head.items.len();
-            emit(out, Ok(Listing::Head(head)))$($aw)*?;
-            let (Some(cid), true) = (cid, params.query.full) else {
-                return Ok(());
-            };
-            let (mut offset, mut sent) = (params.query.offset, 0);
-            while let Some(n) = next_chunk(total, sent) {
-                let (items, next) = list_bsos(conn, uid, cid, &chunk_query(&params.query, offset, n), now, max)$($aw)*?;
-                sent += items.len();
-                let last = items.is_empty();
-                emit(out, Ok(Listing::Records(items)))$($aw)*?;
-                match next {
-                    Some(next) if !last => offset = next,
-                    _ => break,
+            emit(out, Ok(Listing::Head { page: head, more: true }))$($aw)*?;
+            let (mut sent, mut offset) = (first.len(), next);
+            emit(out, Ok(Listing::Records(first)))$($aw)*?;
+            while let (Some(from), Some(n)) = (offset, next_chunk(total, sent)) {
+                let (items, next) = list_bsos(conn, uid, cid, &chunk_query(q, from, n), now, max)$($aw)*?;
+                if items.is_empty() {
+                    break;
                 }
+                sent += items.len();
+                offset = next;
+                emit(out, Ok(Listing::Records(items)))$($aw)*?;
             }
             Ok(())
         }
