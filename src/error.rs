@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::db::fault::DbFault;
 use crate::protocol::SyncTimestamp;
 
 /// Weave error numbers (SPEC 1.12).
@@ -43,11 +44,13 @@ pub enum ErrorKind {
     NotModified(SyncTimestamp),
     /// 412 with the resource timestamp.
     PreconditionFailed(SyncTimestamp),
-    /// 503 + Retry-After: a write conflict or a busy database (the client retries soon).
+    /// 503 + Retry-After: a write the storage rules cannot take now (the user's timestamp is
+    /// ahead of the clock, no free batch id); the client retries soon.
     Conflict,
-    /// 503 + Retry-After + X-Weave-Backoff: the database is down, overloaded or too slow
-    /// (pool exhausted, connection lost, no answer within the deadline); clients back off.
-    Unavailable,
+    /// A database failure, by kind (`db::fault`): conflicts and busy locks are 503 +
+    /// Retry-After; an unreachable, saturated or silent database is 503 + Retry-After +
+    /// X-Weave-Backoff (clients back off); integrity and other failures are 500s, reported.
+    Database(DbFault),
     /// 503 without Retry-After (rejected client).
     ServiceUnavailable,
     /// 500, code 0.
@@ -92,7 +95,9 @@ impl ApiError {
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::NotModified(_) => 304,
             ErrorKind::PreconditionFailed(_) => 412,
-            ErrorKind::Conflict | ErrorKind::Unavailable | ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::Conflict | ErrorKind::ServiceUnavailable => 503,
+            ErrorKind::Database(DbFault::Integrity | DbFault::Other) => 500,
+            ErrorKind::Database(_) => 503,
             ErrorKind::Internal => 500,
         }
     }
@@ -109,14 +114,22 @@ impl ApiError {
     }
 
     pub fn retry_after(&self) -> Option<u32> {
-        matches!(self.kind, ErrorKind::Conflict | ErrorKind::Unavailable)
+        (matches!(self.kind, ErrorKind::Conflict) || self.status() == 503 && self.is_database())
             .then_some(RETRY_AFTER_SECONDS)
     }
 
     /// X-Weave-Backoff: clients honour it by pausing their syncs, which sheds load from a
     /// database that is down or overloaded.
     pub fn backoff(&self) -> Option<u32> {
-        matches!(self.kind, ErrorKind::Unavailable).then_some(RETRY_AFTER_SECONDS)
+        matches!(
+            self.kind,
+            ErrorKind::Database(DbFault::Unavailable | DbFault::Deadline)
+        )
+        .then_some(RETRY_AFTER_SECONDS)
+    }
+
+    fn is_database(&self) -> bool {
+        matches!(self.kind, ErrorKind::Database(_))
     }
 
     /// The resource timestamp a 304/412 carries in X-Last-Modified.
@@ -129,7 +142,7 @@ impl ApiError {
 
     /// Only server faults go to Sentry; client errors and conflicts are expected traffic.
     pub fn is_reportable(&self) -> bool {
-        matches!(self.kind, ErrorKind::Internal)
+        self.status() == 500
     }
 }
 
@@ -168,11 +181,27 @@ mod tests {
             ApiError::new(ErrorKind::ServiceUnavailable, "").retry_after(),
             None
         );
-        let down = ApiError::new(ErrorKind::Unavailable, "");
-        assert_eq!(
-            (down.status(), down.retry_after(), down.backoff()),
-            (503, Some(10), Some(10))
-        );
+        for fault in [DbFault::Unavailable, DbFault::Deadline] {
+            let down = fault.error("");
+            assert_eq!(
+                (down.status(), down.retry_after(), down.backoff()),
+                (503, Some(10), Some(10))
+            );
+            assert!(!down.is_reportable());
+        }
+        for fault in [DbFault::Conflict, DbFault::Busy] {
+            let busy = fault.error("");
+            assert_eq!(
+                (busy.status(), busy.retry_after(), busy.backoff()),
+                (503, Some(10), None)
+            );
+            assert!(!busy.is_reportable());
+        }
+        for fault in [DbFault::Integrity, DbFault::Other] {
+            let bug = fault.error("");
+            assert_eq!((bug.status(), bug.retry_after()), (500, None));
+            assert!(bug.is_reportable());
+        }
         assert_eq!(ApiError::new(ErrorKind::Conflict, "").backoff(), None);
         let ts = SyncTimestamp::from_millis(5000);
         assert_eq!(

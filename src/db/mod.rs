@@ -10,9 +10,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::protocol::post::PostItems;
 use crate::protocol::{BatchRequest, Bso, BsoQuery, Limits, Offset, Precondition, SyncTimestamp};
 
+pub mod fault;
 pub mod listing;
 pub mod mysql;
 pub mod pooled;
+pub mod retry;
 pub mod postgres;
 pub mod rules;
 pub mod spanner;

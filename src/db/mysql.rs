@@ -14,9 +14,15 @@ pub fn is_mysql_url(url: &str) -> bool {
 
 // The locking read comes first; later reads must see rows other writers committed while we
 // waited for it.
-crate::pooled_backend!(
+crate::db::pooled::pooled_backend!(
     MysqlStorage,
     AsyncMysqlConnection,
+    // A lock wait outlasts the request's deadline, so the deadline (503) decides, not
+    // InnoDB's timeout (error 1205, whose SQLSTATE HY000 says nothing).
+    session = |s| format!(
+        "SET SESSION innodb_lock_wait_timeout = {}",
+        s.request_timeout_secs.max(1) + 5
+    ),
     before_write = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
     // InnoDB's default REPEATABLE READ already reads one snapshot.
     read_start = ""
@@ -45,7 +51,7 @@ mod ops {
             .await
     }
 
-    crate::locking_collection_ts!();
+    crate::db::pooled::locking_collection_ts!();
 
     async fn pause(ms: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
@@ -58,6 +64,6 @@ mod ops {
         crate::db::listing::send(out, item).await
     }
 
-    crate::storage_ops!(schema = crate::db::sql::schema, [async] [.await]);
-    crate::mysql_layout_ops!([async] [.await]);
+    crate::db::sql::ops::storage_ops!(schema = crate::db::sql::schema, [async] [.await]);
+    crate::db::sql::mysql_layout::mysql_layout_ops!([async] [.await]);
 }

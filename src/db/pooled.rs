@@ -7,10 +7,6 @@ use std::future::Future;
 
 use crate::error::{ApiError, ApiResult};
 
-/// How often a write unit of work that lost a deadlock or an insert race is run again before
-/// the client gets 503.
-pub const WRITE_ATTEMPTS: u64 = 8;
-
 /// Runs a unit of work on its own task, so it completes (commit or rollback) even when the
 /// client goes away mid-request, or gets 503 after `deadline`.
 pub async fn detached<T: Send + 'static>(
@@ -27,10 +23,7 @@ pub async fn detached<T: Send + 'static>(
 
 /// A unit of work past its deadline: the database is stuck or overloaded.
 pub fn too_slow() -> ApiError {
-    ApiError::new(
-        crate::error::ErrorKind::Unavailable,
-        "database did not answer in time",
-    )
+    crate::db::fault::DbFault::Deadline.error("database did not answer in time")
 }
 
 /// `database_request_timeout` as a duration.
@@ -38,12 +31,39 @@ pub fn deadline(settings: &crate::db::sql::PoolSettings) -> std::time::Duration 
     std::time::Duration::from_secs(u64::from(settings.request_timeout_secs.max(1)))
 }
 
+/// A deadpool manager whose new connections first run `session` (SQL; none when empty).
+pub fn manager<C>(
+    url: &str,
+    session: String,
+) -> diesel_async::pooled_connection::AsyncDieselConnectionManager<C>
+where
+    C: diesel_async::AsyncConnection + diesel_async::SimpleAsyncConnection + 'static,
+{
+    use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+    use futures::FutureExt;
+    let mut config = ManagerConfig::<C>::default();
+    config.custom_setup = Box::new(move |url| {
+        let (url, session) = (url.to_owned(), session.clone());
+        async move {
+            let mut conn = C::establish(&url).await?;
+            if !session.is_empty() {
+                conn.batch_execute(&session)
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            }
+            Ok(conn)
+        }
+        .boxed()
+    });
+    AsyncDieselConnectionManager::new_with_config(url, config)
+}
+
 /// Defines `$Storage` (pool + config) and its `StorageDb` impl over the `ops` module in scope.
-/// `before_write` is SQL run before each write transaction begins (MySQL's isolation level);
-/// `read_start` is the first statement of each read transaction (PostgreSQL's snapshot level).
-#[macro_export]
+/// `session` gives the SQL each new connection runs first; `before_write` is SQL run before
+/// each write transaction begins (MySQL's isolation level); `read_start` is the first statement
+/// of each read transaction (PostgreSQL's snapshot level).
 macro_rules! pooled_backend {
-    ($Storage:ident, $Conn:ty, before_write = $before_write:expr, read_start = $read_start:expr) => {
+    ($Storage:ident, $Conn:ty, session = $session:expr, before_write = $before_write:expr, read_start = $read_start:expr) => {
         pub struct $Storage {
             pool: diesel_async::pooled_connection::deadpool::Pool<$Conn>,
             config: std::sync::Arc<$crate::db::StorageConfig>,
@@ -55,7 +75,7 @@ macro_rules! pooled_backend {
             /// own (the migration harness is synchronous). Idempotent; the version names match
             /// upstream's, so a database syncstorage-rs created is recognised as migrated.
             pub fn run_migrations(url: &str) -> Result<(), String> {
-                $crate::run_embedded_migrations!($Conn, url, MIGRATIONS, "syncstorage.database_url")
+                $crate::db::pooled::run_embedded_migrations!($Conn, url, MIGRATIONS, "syncstorage.database_url")
             }
 
             /// Migrates (unless switched off) and builds the pool; connections are made on
@@ -68,7 +88,8 @@ macro_rules! pooled_backend {
                 if settings.run_migrations {
                     Self::run_migrations(url)?;
                 }
-                let manager = diesel_async::pooled_connection::AsyncDieselConnectionManager::<$Conn>::new(url);
+                let session: fn(&$crate::db::sql::PoolSettings) -> String = $session;
+                let manager = $crate::db::pooled::manager::<$Conn>(url, session(settings));
                 let pool = diesel_async::pooled_connection::deadpool::Pool::builder(manager)
                     .max_size(settings.max_size.max(1) as usize)
                     .build()
@@ -77,7 +98,7 @@ macro_rules! pooled_backend {
             }
         }
 
-        $crate::pool_checkout!($Conn);
+        $crate::db::pooled::pool_checkout!($Conn);
 
         /// A read-only unit of work on one snapshot: `|conn, config| body`, answered 503 after
         /// `database_request_timeout` (or after `$deadline`).
@@ -109,7 +130,7 @@ macro_rules! pooled_backend {
         }
 
         /// A write unit of work on `(uid, collection)`: `|conn, scope, config| body`, run
-        /// again when it lost a deadlock or an insert race (it was rolled back whole).
+        /// again when the engine rolled it back to settle a conflict (`retry::SQL`).
         macro_rules! write_unit {
             ($self:ident, $uid:expr, $collection:expr, |$conn:ident, $scope:ident, $config:ident| $body:expr) => {{
                 let pool = $self.pool.clone();
@@ -144,16 +165,9 @@ macro_rules! pooled_backend {
                                 $body
                             })
                             .await;
-                        match result {
-                            Err(e)
-                                if $crate::db::sql::is_transient(&e)
-                                    && attempt < $crate::db::pooled::WRITE_ATTEMPTS =>
-                            {
-                                // Jittered, so that the losers of one deadlock do not meet again.
-                                let jitter = rand::random::<u64>() % 10;
-                                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt + jitter)).await;
-                            }
-                            other => return other,
+                        match result.as_ref().err().and_then(|e| $crate::db::retry::SQL.next_delay(attempt, &e.kind)) {
+                            Some(wait) => tokio::time::sleep(wait).await,
+                            None => return result,
                         }
                     }
                 })
@@ -304,6 +318,7 @@ macro_rules! pooled_backend {
         }
     };
 }
+pub(crate) use pooled_backend;
 
 /// `lock_collection_ts` for the server engines, around the backend's `insert_placeholder`:
 /// locks the user's collection row (`FOR UPDATE`) until the transaction ends. Neither engine
@@ -311,7 +326,6 @@ macro_rules! pooled_backend {
 /// placeholder, and the first writers of a new collection serialize too. The placeholder is
 /// inserted only when missing: on MySQL, `INSERT IGNORE` over an existing row takes a shared
 /// lock that concurrent writers would then deadlock upgrading.
-#[macro_export]
 macro_rules! locking_collection_ts {
     () => {
         async fn lock_collection_ts(
@@ -341,11 +355,11 @@ macro_rules! locking_collection_ts {
         }
     };
 }
+pub(crate) use locking_collection_ts;
 
 /// Defines `connection(pool, settings)`: checks out a connection of type `$Conn`, giving up after
 /// the pool timeout with a 503 (the database is down or saturated: clients retry later).
 /// Connections past their lifespan or idle limit are replaced.
-#[macro_export]
 macro_rules! pool_checkout {
     ($Conn:ty) => {
         async fn connection(
@@ -353,16 +367,14 @@ macro_rules! pool_checkout {
             settings: &$crate::db::sql::PoolSettings,
         ) -> $crate::error::ApiResult<diesel_async::pooled_connection::deadpool::Object<$Conn>> {
             use diesel_async::pooled_connection::deadpool::Object;
-            use $crate::error::{ApiError, ErrorKind};
+            use $crate::db::fault::DbFault;
             let wait =
                 std::time::Duration::from_secs(u64::from(settings.connection_timeout_secs.max(1)));
             loop {
                 let obj = tokio::time::timeout(wait, pool.get())
                     .await
-                    .map_err(|_| ApiError::new(ErrorKind::Unavailable, "database pool timeout"))?
-                    .map_err(|e| {
-                        ApiError::new(ErrorKind::Unavailable, format!("database unavailable: {e}"))
-                    })?;
+                    .map_err(|_| DbFault::Unavailable.error("database pool timeout"))?
+                    .map_err(|e| DbFault::Unavailable.error(format!("database unavailable: {e}")))?;
                 let metrics = Object::metrics(&obj);
                 let secs = |s: u32| std::time::Duration::from_secs(s.into());
                 let too_old = settings
@@ -380,10 +392,10 @@ macro_rules! pool_checkout {
         }
     };
 }
+pub(crate) use pool_checkout;
 
 /// Runs embedded migrations on a blocking wrapper connection in a thread of its own (the
 /// migration harness is synchronous and must not block an async worker). Idempotent.
-#[macro_export]
 macro_rules! run_embedded_migrations {
     ($Conn:ty, $url:expr, $migrations:expr, $setting:expr) => {{
         use diesel::Connection;
@@ -401,3 +413,4 @@ macro_rules! run_embedded_migrations {
         .map_err(|_| "migrations panicked".to_owned())?
     }};
 }
+pub(crate) use run_embedded_migrations;

@@ -15,9 +15,10 @@ pub fn is_postgres_url(url: &str) -> bool {
 
 // Writes: READ COMMITTED, PostgreSQL's default, so each statement sees what other writers
 // committed. Reads: one snapshot for the whole unit of work.
-crate::pooled_backend!(
+crate::db::pooled::pooled_backend!(
     PostgresStorage,
     AsyncPgConnection,
+    session = |_| String::new(),
     before_write = "",
     read_start = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 );
@@ -52,7 +53,7 @@ mod ops {
             .await
     }
 
-    crate::locking_collection_ts!();
+    crate::db::pooled::locking_collection_ts!();
 
     async fn pause(ms: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
@@ -65,7 +66,7 @@ mod ops {
         crate::db::listing::send(out, item).await
     }
 
-    crate::storage_ops!(schema = crate::db::sql::schema_pg, [async] [.await]);
+    crate::db::sql::ops::storage_ops!(schema = crate::db::sql::schema_pg, [async] [.await]);
 
     // ---- this layout's records and batches ----
 

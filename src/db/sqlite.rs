@@ -13,6 +13,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::PurgeStats;
+use super::fault::DbFault;
 use super::listing;
 use super::sql::PoolSettings;
 use super::sql::ops::WriteScope;
@@ -26,8 +27,6 @@ use ops::Conn;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-/// How long a connection waits on another process's write lock before the request gets 503.
-const BUSY_TIMEOUT_MS: u32 = 15_000;
 
 /// Where the database file lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,15 +51,20 @@ impl SqliteTarget {
     }
 }
 
+/// Every connection's settings; `busy_timeout_ms` is how long a writer waits on another
+/// process's write lock before the request gets 503 (`DbFault::Busy`).
 #[derive(Debug)]
-struct Pragmas;
+struct Pragmas {
+    busy_timeout_ms: u64,
+}
 
 impl CustomizeConnection<Conn, diesel::r2d2::Error> for Pragmas {
     fn on_acquire(&self, conn: &mut Conn) -> Result<(), diesel::r2d2::Error> {
         // FULL: an acknowledged write survives power loss, not only a process crash.
         conn.batch_execute(&format!(
-            "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;"
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+            self.busy_timeout_ms
         ))
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -103,9 +107,47 @@ pub(crate) fn open_pool(
                 .connection_max_idle_secs
                 .map(|s| Duration::from_secs(s.into())),
         )
-        .connection_customizer(Box::new(Pragmas))
+        // Waiting for the file's write lock is waiting for the database, like waiting for a
+        // pooled connection, and never longer than the request's deadline.
+        .connection_customizer(Box::new(Pragmas {
+            busy_timeout_ms: 1000 * u64::from(
+                settings
+                    .connection_timeout_secs
+                    .min(settings.request_timeout_secs)
+                    .max(1),
+            ),
+        }))
         .build(manager)
         .map_err(|e| format!("{setting}: cannot open {}: {e}", path.display()))
+}
+
+/// `BEGIN IMMEDIATE`, `f`, commit (or rollback). That BEGIN is SQLite's only lock wait (this
+/// process's writers queue before it; `busy_timeout` covers other processes). When it fails,
+/// SQLite's extended result code says why: BUSY or LOCKED is `DbFault::Busy` (503); anything
+/// else keeps its kind.
+pub(crate) fn write_transaction<T, E>(conn: &mut Conn, f: impl FnOnce(&mut Conn) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<diesel::result::Error> + From<ApiError>,
+{
+    let mut began = false;
+    let result = conn.immediate_transaction(|conn| {
+        began = true;
+        f(conn)
+    });
+    if result.is_ok() || began {
+        return result;
+    }
+    // SAFETY: reads this connection's last result code (set by the failed BEGIN; nothing ran
+    // since); the handle is neither kept nor changed.
+    let code = unsafe {
+        conn.with_raw_connection(|raw| libsqlite3_sys::sqlite3_extended_errcode(raw.cast()))
+    };
+    match code & 0xff {
+        libsqlite3_sys::SQLITE_BUSY | libsqlite3_sys::SQLITE_LOCKED => {
+            Err(DbFault::Busy.error("database file locked by another process").into())
+        }
+        _ => result,
+    }
 }
 
 /// Runs the embedded migrations; idempotent.
@@ -191,7 +233,7 @@ impl SqliteStorage {
         self.blocking(move |conn, config| {
             // Held until the transaction ends, even if the request is dropped meanwhile.
             let _turn = turn;
-            conn.immediate_transaction(|conn| {
+            write_transaction(conn, |conn| {
                 let scope = ops::begin_write(conn, uid, collection.as_deref())?;
                 f(conn, &scope, config)
             })
@@ -299,7 +341,7 @@ impl StorageDb for SqliteStorage {
         // An operator's command over every user: no request deadline.
         self.blocking_within(Duration::MAX, move |conn, _| {
             let _turn = turn;
-            conn.immediate_transaction(|conn| ops::purge_expired(conn, SyncTimestamp::now()))
+            write_transaction(conn, |conn| ops::purge_expired(conn, SyncTimestamp::now()))
         })
         .await
     }
@@ -345,8 +387,8 @@ mod ops {
         crate::db::listing::send_blocking(out, item)
     }
 
-    crate::storage_ops!(schema = crate::db::sql::schema, [] []);
-    crate::mysql_layout_ops!([] []);
+    crate::db::sql::ops::storage_ops!(schema = crate::db::sql::schema, [] []);
+    crate::db::sql::mysql_layout::mysql_layout_ops!([] []);
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use super::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoKind,
     PoolState, PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, StorageDb, UserId, listing,
 };
-use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::error::{ApiError, ApiResult};
 use crate::protocol::{Bso, Precondition, SyncTimestamp};
 
 pub use ddl::migrate;
@@ -30,9 +30,8 @@ pub use ddl::migrate;
 pub const MAX_TOTAL_RECORDS: u32 = 9_984;
 pub const MAX_TOTAL_BYTES: u32 = 100_000_000;
 
-const ABORTED: &str = "spanner transaction aborted";
-/// How often a write Spanner aborted is run again before the client gets 503.
-const WRITE_ATTEMPTS: u64 = 12;
+use crate::db::fault::DbFault;
+use crate::db::retry::SPANNER as SPANNER_RETRIES;
 
 pub fn is_spanner_url(url: &str) -> bool {
     url.starts_with("spanner://")
@@ -88,31 +87,24 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A gRPC failure as a protocol error: contention and unavailability are 503 + Retry-After.
+/// The boundary of Spanner: a gRPC status becomes a `DbFault` by its code.
 pub(crate) fn status_error(status: Status) -> ApiError {
-    match status.code() {
-        Code::Aborted => ApiError::new(
-            ErrorKind::Conflict,
-            format!("{ABORTED}: {}", status.message()),
-        ),
-        // Cancelled: the client side's own RPC timeout fired (Spanner did not answer).
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
-            ApiError::new(
-                ErrorKind::Unavailable,
-                format!("spanner unavailable: {}", status.message()),
-            )
-        }
-        _ => ApiError::internal(format!("spanner: {status}")),
-    }
+    let fault = match status.code() {
+        Code::Aborted => DbFault::Conflict,
+        Code::Unavailable => DbFault::Unavailable,
+        // Cancelled: our side's RPC timeout fired (Spanner did not answer).
+        Code::DeadlineExceeded | Code::Cancelled => DbFault::Deadline,
+        Code::ResourceExhausted => DbFault::Busy,
+        Code::AlreadyExists => DbFault::Integrity,
+        _ => DbFault::Other,
+    };
+    fault.error(format!("spanner: {status}"))
 }
 
 fn client_error(e: gcloud_spanner::client::Error) -> ApiError {
     match e {
         gcloud_spanner::client::Error::GRPC(status) => status_error(status),
-        other => ApiError::new(
-            ErrorKind::Unavailable,
-            format!("spanner unavailable: {other}"),
-        ),
+        other => DbFault::Unavailable.error(format!("spanner unavailable: {other}")),
     }
 }
 
@@ -239,14 +231,10 @@ macro_rules! write_unit {
                 .unwrap_or_else(|_| Err(TxError(timed_out())));
             match ended {
                 Ok((_, value)) => break Ok(value),
-                Err(TxError(e)) if e.message.starts_with(ABORTED) && attempt < WRITE_ATTEMPTS => {
-                    // Exponential, jittered: the emulator runs one transaction at a time and
-                    // aborts the others, so writers must spread out.
-                    let jitter = rand::random::<u64>() % 50;
-                    let backoff = (10u64 << attempt.min(6)).min(400);
-                    tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
-                }
-                Err(TxError(e)) => break Err(e),
+                Err(TxError(e)) => match SPANNER_RETRIES.next_delay(attempt, &e.kind) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => break Err(e),
+                },
             }
         }
     }};
@@ -261,7 +249,7 @@ struct Handle {
 }
 
 fn timed_out() -> ApiError {
-    ApiError::new(ErrorKind::Unavailable, "spanner did not answer in time")
+    DbFault::Deadline.error("spanner did not answer in time")
 }
 
 impl SpannerStorage {
@@ -423,6 +411,19 @@ impl StorageDb for SpannerStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_codes_are_faults() {
+        let kind = |code| status_error(Status::new(code, "x")).kind;
+        use crate::error::ErrorKind::Database;
+        assert_eq!(kind(Code::Aborted), Database(DbFault::Conflict));
+        assert_eq!(kind(Code::Unavailable), Database(DbFault::Unavailable));
+        assert_eq!(kind(Code::DeadlineExceeded), Database(DbFault::Deadline));
+        assert_eq!(kind(Code::Cancelled), Database(DbFault::Deadline));
+        assert_eq!(kind(Code::ResourceExhausted), Database(DbFault::Busy));
+        assert_eq!(kind(Code::AlreadyExists), Database(DbFault::Integrity));
+        assert_eq!(kind(Code::InvalidArgument), Database(DbFault::Other));
+    }
 
     #[test]
     fn database_urls() {

@@ -451,10 +451,7 @@ pub async fn stream_bsos(
     step: std::time::Duration,
 ) -> ApiResult<()> {
     let bounded = |_: tokio::time::error::Elapsed| {
-        ApiError::new(
-            crate::error::ErrorKind::Unavailable,
-            "spanner did not answer in time",
-        )
+        crate::db::fault::DbFault::Deadline.error("spanner did not answer in time")
     };
     require_identity(&params.target.user)?;
     let user = &params.target.user;

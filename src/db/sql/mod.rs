@@ -7,7 +7,8 @@ pub mod pg_types;
 pub mod schema;
 pub mod schema_pg;
 
-use crate::error::{ApiError, ErrorKind};
+use crate::db::fault::DbFault;
+use crate::error::ApiError;
 
 /// Pool settings (SPEC 4.4 names under `syncstorage.`).
 #[derive(Debug, Clone)]
@@ -35,64 +36,41 @@ impl Default for PoolSettings {
     }
 }
 
-/// The one place database failures become protocol errors: contention and unavailability
-/// are 503 + Retry-After (the client retries), anything else is a 500.
-impl From<diesel::result::Error> for ApiError {
-    fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        let text = e.to_string();
-        // Two first writers to one collection race to insert its row; the loser is retried.
-        let lost_insert_race = matches!(
-            e,
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)
-        );
-        let connection_lost = matches!(
-            e,
-            Error::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                _
-            ) | Error::BrokenTransactionManager
-        );
-        if lost_insert_race || is_contention(&text) {
-            ApiError::new(ErrorKind::Conflict, format!("{BUSY}{text}"))
-        } else if connection_lost {
-            // The database went away (restart, failover): clients come back later.
-            ApiError::new(
-                ErrorKind::Unavailable,
-                format!("database connection lost: {text}"),
-            )
-        } else {
-            ApiError::internal(format!("database error: {text}"))
-        }
+/// The boundary of every diesel engine: a failure becomes a `DbFault` by diesel's error kind,
+/// or else by the SQLSTATE the engine reported (MySQL's deadlock, error 1213, arrives as a
+/// serialization failure; PostgreSQL's deadlock as 40P01).
+pub fn fault_of(e: &diesel::result::Error) -> DbFault {
+    use diesel::result::{DatabaseErrorKind as Kind, Error};
+    match e {
+        Error::DatabaseError(kind, info) => match kind {
+            Kind::SerializationFailure => DbFault::Conflict,
+            Kind::UniqueViolation
+            | Kind::ForeignKeyViolation
+            | Kind::NotNullViolation
+            | Kind::CheckViolation
+            | Kind::RestrictViolation
+            | Kind::ExclusionViolation => DbFault::Integrity,
+            // Lost connections, and a primary that became a read-only replica in a failover.
+            Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::ReadOnlyTransaction => {
+                DbFault::Unavailable
+            }
+            _ => info
+                .sqlstate()
+                .map_or(DbFault::Other, |state| DbFault::from_sqlstate(state.as_str())),
+        },
+        Error::BrokenTransactionManager => DbFault::Unavailable,
+        _ => DbFault::Other,
     }
 }
 
-const BUSY: &str = "database busy: ";
-
-/// Lock contention as the engines report it: SQLite busy/locked, InnoDB deadlocks and lock
-/// wait timeouts, PostgreSQL serialization failures.
-pub fn is_contention(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "database is locked",
-        "database table is locked",
-        "busy",
-        "deadlock",
-        "lock wait timeout",
-        "could not serialize",
-        "duplicate entry",
-    ]
-    .iter()
-    .any(|needle| m.contains(needle))
-}
-
-/// A unit of work that failed this way was rolled back whole and may simply be run again.
-pub fn is_transient(e: &ApiError) -> bool {
-    e.kind == ErrorKind::Conflict && e.message.starts_with(BUSY)
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        fault_of(&e).error(format!("database: {e}"))
+    }
 }
 
 impl From<diesel::r2d2::PoolError> for ApiError {
     fn from(e: diesel::r2d2::PoolError) -> Self {
-        ApiError::new(ErrorKind::Unavailable, format!("database unavailable: {e}"))
+        DbFault::Unavailable.error(format!("database unavailable: {e}"))
     }
 }

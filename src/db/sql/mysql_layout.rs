@@ -3,7 +3,6 @@
 //! `batch_upload_items`, whose ids are base64 of the creation ms plus `uid % 10`. Instantiated
 //! next to `storage_ops!`, with the same `[async]`/`[.await]` arguments.
 
-#[macro_export]
 macro_rules! mysql_layout_ops {
     ([$($asy:tt)*] [$($aw:tt)*]) => {
         use $crate::db::sql::schema::{batch_upload_items, batch_uploads};
@@ -230,3 +229,4 @@ macro_rules! mysql_layout_ops {
         }
     };
 }
+pub(crate) use mysql_layout_ops;

@@ -57,7 +57,6 @@ pub fn page(
 }
 
 /// The operations. `[$($asy)*]` is `[async]` or `[]`, `[$($aw)*]` is `[.await]` or `[]`.
-#[macro_export]
 macro_rules! storage_ops {
     (schema = $schema:path, [$($asy:tt)*] [$($aw:tt)*]) => {
         use std::collections::{BTreeMap, HashMap};
@@ -590,3 +589,4 @@ macro_rules! storage_ops {
         }
     };
 }
+pub(crate) use storage_ops;

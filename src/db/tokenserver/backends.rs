@@ -42,7 +42,7 @@ pub fn open(url: &str, pool: &PoolSettings) -> Result<super::SharedTokenserverDb
 mod sqlite_ops {
     pub type Conn = diesel::SqliteConnection;
     use diesel::RunQueryDsl;
-    crate::tokenserver_ops!([] [] [] last_insert_id = "last_insert_rowid()");
+    crate::db::tokenserver::ops::tokenserver_ops!([] [] [] last_insert_id = "last_insert_rowid()");
 }
 
 pub struct SqliteTokenserverDb {
@@ -69,7 +69,7 @@ impl SqliteTokenserverDb {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get().map_err(ApiError::from)?;
-            conn.immediate_transaction(f)
+            crate::db::sqlite::write_transaction(&mut conn, f)
         })
         .await
         .map_err(|e| TokenserverError::from(ApiError::internal(format!("task failed: {e}"))))?
@@ -129,7 +129,7 @@ macro_rules! pooled_tokenserver {
         impl $Db {
             pub fn open(url: &str, settings: &PoolSettings) -> Result<Self, String> {
                 if settings.run_migrations {
-                    crate::run_embedded_migrations!($Conn, url, $migrations, SETTING)?;
+                    crate::db::pooled::run_embedded_migrations!($Conn, url, $migrations, SETTING)?;
                 }
                 let manager =
                     diesel_async::pooled_connection::AsyncDieselConnectionManager::<$Conn>::new(
@@ -156,7 +156,7 @@ macro_rules! pooled_tokenserver {
                     + Send
                     + 'static,
             {
-                crate::pool_checkout!($Conn);
+                crate::db::pooled::pool_checkout!($Conn);
                 let pool = self.pool.clone();
                 let settings = self.settings.clone();
                 // The tokenserver bounds its requests itself (`database_request_timeout`, 504).
@@ -253,13 +253,13 @@ macro_rules! pooled_tokenserver {
 mod mysql_ops {
     pub type Conn = diesel_async::AsyncMysqlConnection;
     use diesel_async::RunQueryDsl;
-    crate::tokenserver_ops!([async] [.await] [for_update] last_insert_id = "CAST(LAST_INSERT_ID() AS SIGNED)");
+    crate::db::tokenserver::ops::tokenserver_ops!([async] [.await] [for_update] last_insert_id = "CAST(LAST_INSERT_ID() AS SIGNED)");
 }
 
 mod postgres_ops {
     pub type Conn = diesel_async::AsyncPgConnection;
     use diesel_async::RunQueryDsl;
-    crate::tokenserver_ops!([async] [.await] [for_update] last_insert_id = "lastval()");
+    crate::db::tokenserver::ops::tokenserver_ops!([async] [.await] [for_update] last_insert_id = "lastval()");
 }
 
 // Reads after the first lock must see rows other requests committed meanwhile.

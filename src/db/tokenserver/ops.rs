@@ -5,7 +5,6 @@
 //! Each function runs inside a transaction the backend opened; none commits.
 
 /// The operations; see the module comment for the arguments.
-#[macro_export]
 macro_rules! tokenserver_ops {
     ([$($asy:tt)*] [$($aw:tt)*] [$($lock:ident)?] last_insert_id = $last_id:expr) => {
         use diesel::dsl::sql;
@@ -355,3 +354,4 @@ macro_rules! tokenserver_ops {
         }
     };
 }
+pub(crate) use tokenserver_ops;
