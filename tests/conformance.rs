@@ -183,6 +183,41 @@ async fn info_counts_and_usage_cover_live_records_only() {
     assert_eq!(quota, InfoBody::Quota(1030.0 / 1024.0));
 }
 
+// Usage is payload bytes (UTF-8), not characters; counts and usage follow deletes.
+#[tokio::test]
+async fn info_usage_is_bytes_and_follows_deletes() {
+    let b = Backend::open().await;
+    let u = b.user();
+    // 2 + 3 + 4 bytes in 3 characters.
+    b.put(&u, "c", rec("a", "\u{e9}\u{20ac}\u{1f600}")).await;
+    b.post(
+        &u,
+        "d",
+        vec![rec("a", "12345"), rec("b", "123"), rec("c", "1")],
+        BatchRequest::None,
+    )
+    .await;
+    let InfoBody::Usage(before) = b.info(&u, InfoKind::Usage).await.body else {
+        panic!("usage")
+    };
+    assert_eq!(
+        before,
+        [("c".into(), 9.0 / 1024.0), ("d".into(), 9.0 / 1024.0)].into()
+    );
+    b.db.delete_bso(bso_ref(&u, "d", "a")).await.unwrap();
+    b.delete_ids(&u, "d", &["c"]).await;
+    b.delete_ids(&u, "c", &["a"]).await;
+    let InfoBody::Usage(after) = b.info(&u, InfoKind::Usage).await.body else {
+        panic!("usage")
+    };
+    assert_eq!(after, [("d".into(), 3.0 / 1024.0)].into());
+    assert_eq!(b.counts(&u).await, [("d".into(), 1)].into());
+    assert_eq!(
+        b.info(&u, InfoKind::Quota).await.body,
+        InfoBody::Quota(3.0 / 1024.0)
+    );
+}
+
 #[tokio::test]
 async fn info_if_modified_since_is_not_modified_until_a_write() {
     let b = Backend::open().await;
@@ -428,8 +463,10 @@ async fn get_bsos_limit_gives_a_next_offset_until_the_last_page() {
     assert_eq!(second.next_offset, None, "no token on the last page");
     let exact = b.list(&u, "c", query(|q| q.limit = Some(5))).await;
     assert_eq!((exact.items.len(), exact.next_offset), (5, None));
+    // limit=0: an empty page, and (the collection not being empty) an offset to go on from.
     let zero = b.list(&u, "c", query(|q| q.limit = Some(0))).await;
     assert!(zero.items.is_empty());
+    assert!(zero.next_offset.is_some());
 }
 
 // SPEC 1.6.2: every limit, every sort, records in groups sharing one timestamp: the pages
@@ -636,6 +673,9 @@ async fn stream_bsos_sends_the_same_large_pages_as_get_bsos() {
     let b = Backend::open().await;
     let u = b.user();
     fill(&b, &u, "c", 40, 20).await;
+    let ids_only = stream(&b, &u, "c", BsoQuery::default()).await;
+    same_page(&ids_only, &b.list(&u, "c", BsoQuery::default()).await);
+    assert_eq!(ids_only.items.len(), 40);
     for sort in [Sort::Newest, Sort::Oldest, Sort::Index] {
         for limit in [None, Some(17), Some(33)] {
             let q = query(|q| {
@@ -656,6 +696,37 @@ async fn stream_bsos_sends_the_same_large_pages_as_get_bsos() {
             }
         }
     }
+}
+
+// A listing abandoned after its head (the client went away) ends its unit of work: the
+// connection comes back to the pool and the user's writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_stream_holds_nothing() {
+    let b = Backend::open().await;
+    let u = b.user();
+    fill(&b, &u, "c", 40, 40).await;
+    let s =
+        b.db.stream_bsos(GetBsos {
+            target: coll(&u, "c"),
+            query: full(),
+        })
+        .await
+        .expect("stream_bsos");
+    assert_eq!(s.head.items.len(), 40);
+    assert!(s.records.is_some(), "a page bigger than a chunk streams");
+    drop(s);
+    let write = tokio::time::timeout(Duration::from_secs(10), b.put(&u, "c", rec("after", "x")));
+    write.await.expect("the write is not held up");
+    let mut active = b.db.pool_state().active;
+    for _ in 0..100 {
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        active = b.db.pool_state().active;
+    }
+    assert_eq!(active, 0, "the listing's connection is back in the pool");
+    assert_eq!(b.ids(&u, "c").await.len(), 41);
 }
 
 #[tokio::test]
@@ -756,6 +827,59 @@ async fn get_bso_preconditions_use_the_record_timestamp() {
         err_kind(read(Precondition::IfUnmodifiedSince(ts(t.as_millis() - 10))).await),
         ErrorKind::PreconditionFailed(t)
     );
+}
+
+// What goes in comes out: multi-byte and escaped payload text, 64-character ids, the ends of
+// the sortindex range.
+#[tokio::test]
+async fn records_round_trip_exactly() {
+    let b = Backend::open().await;
+    let u = b.user();
+    let long_id = "x".repeat(64);
+    let payload = "{\"quote\": \"\\\"\", \"nl\": \"a\\nb\", \"emoji\": \"\u{1f600}\u{e9}\"}\n\ttab";
+    let items = [
+        (long_id.as_str(), payload, i32::MAX),
+        ("min", "", i32::MIN),
+        ("-_.~!*", "0", 0),
+    ];
+    for (id, p, si) in items {
+        b.put(&u, "c", upd(id, Some(p), Some(si), None)).await;
+        let got = b.get(&u, "c", id).await.unwrap();
+        assert_eq!(
+            (got.id.as_str(), got.payload.as_str(), got.sortindex),
+            (id, p, Some(si))
+        );
+    }
+    let page = b
+        .list(
+            &u,
+            "c",
+            query(|q| {
+                q.full = true;
+                q.sort = Sort::Index;
+            }),
+        )
+        .await;
+    assert_eq!(
+        page_ids(&page),
+        vec![long_id.clone(), "-_.~!*".into(), "min".into()]
+    );
+    assert_eq!(page.items[0].payload, payload);
+}
+
+// SPEC 1.6: at most 100 ids per request, each matched exactly.
+#[tokio::test]
+async fn get_bsos_with_a_hundred_ids() {
+    let b = Backend::open().await;
+    let u = b.user();
+    let items = (0..120).map(|i| rec(&format!("id{i:03}"), "x")).collect();
+    b.post(&u, "c", items, BatchRequest::None).await;
+    let wanted: Vec<String> = (0..200).step_by(2).map(|i| format!("id{i:03}")).collect();
+    assert_eq!(wanted.len(), 100);
+    let page = b.list(&u, "c", query(|q| q.ids = wanted.clone())).await;
+    let mut got = page_ids(&page);
+    got.sort();
+    assert_eq!(got, wanted[..60].to_vec());
 }
 
 // Ids are compared exactly on every engine: case matters, and so does a trailing space
@@ -916,6 +1040,67 @@ async fn concurrent_users_all_succeed() {
     for u in &users {
         assert_eq!(b.ids(u, "c").await, strs(&["r0", "r1", "r2"]));
     }
+}
+
+// Two commits of one batch at once: it is applied once; the other finds it gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_of_one_batch_apply_it_once() {
+    let b = Backend::open().await;
+    let u = b.user();
+    let id = b.start_batch(&u, "c", vec![rec("a", "staged")]).await;
+    let commits = (0..2).map(|i| {
+        b.try_post(
+            &u,
+            "c",
+            vec![rec(&format!("by{i}"), "x")],
+            BatchRequest::Commit(id.clone()),
+        )
+    });
+    let results = futures::future::join_all(commits).await;
+    let ok: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    let failed = results.iter().find(|r| r.is_err()).unwrap().clone();
+    assert_eq!(err_kind(failed), ErrorKind::BadRequest);
+    assert_eq!(
+        b.ids(&u, "c").await.len(),
+        2,
+        "the staged record and one commit's own"
+    );
+}
+
+// Collection deletes racing writes of the same user never move the storage timestamp back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deletes_and_writes_keep_the_storage_timestamp_rising() {
+    let b = Backend::open().await;
+    let u = b.user();
+    for c in ["a", "b", "c"] {
+        b.put(&u, c, rec("x", "x")).await;
+    }
+    let tasks: Vec<futures::future::BoxFuture<'_, SyncTimestamp>> = vec![
+        Box::pin(async {
+            b.db.delete_collection(coll(&u, "a"))
+                .await
+                .unwrap()
+                .storage_ts
+        }),
+        Box::pin(async {
+            b.db.delete_collection(coll(&u, "c"))
+                .await
+                .unwrap()
+                .storage_ts
+        }),
+        Box::pin(b.put(&u, "b", rec("y", "y"))),
+        Box::pin(b.put(&u, "d", rec("y", "y"))),
+    ];
+    let mut stamps = futures::future::join_all(tasks).await;
+    stamps.sort();
+    stamps.dedup();
+    assert_eq!(stamps.len(), 4, "{stamps:?}");
+    assert_eq!(b.storage_ts(&u).await, stamps[3]);
+    assert_eq!(
+        b.timestamps(&u).await.into_keys().collect::<Vec<_>>(),
+        vec!["b", "d"]
+    );
 }
 
 // A listing is one snapshot: while a writer adds records, no page holds a record newer than

@@ -276,6 +276,29 @@ async fn post_updates_existing_records_field_by_field() {
     );
 }
 
+// SPEC 1.14: a POST treats each item as a PUT: a ttl-only item keeps its `modified`.
+#[tokio::test]
+async fn post_ttl_only_items_keep_their_modified() {
+    let b = Backend::open().await;
+    let u = b.user();
+    let t1 = b.put(&u, "c", rec("a", "A")).await;
+    let r = b
+        .post(
+            &u,
+            "c",
+            vec![upd("a", None, None, Some(3600)), rec("b", "B")],
+            BatchRequest::None,
+        )
+        .await;
+    let a = b.get(&u, "c", "a").await.unwrap();
+    assert_eq!((a.payload.as_str(), a.modified), ("A", t1));
+    assert_eq!(b.get(&u, "c", "b").await.unwrap().modified, r.last_modified);
+    assert_eq!(
+        b.timestamps(&u).await,
+        [("c".into(), r.last_modified)].into()
+    );
+}
+
 // The precondition of a POST is the collection's timestamp.
 #[tokio::test]
 async fn post_precondition_failure_writes_nothing() {
@@ -454,6 +477,90 @@ async fn batch_resent_ids_are_merged() {
     assert_eq!((a.payload.as_str(), a.sortindex), ("A", Some(4)));
     assert_eq!(b.get(&u, "c", "b").await.unwrap().payload, "B2");
     assert_eq!(b.counts(&u).await, [("c".into(), 2)].into());
+}
+
+// SPEC 1.14: unlike a PUT, a commit gives every record it touches the commit's T, a
+// ttl-only one included.
+#[tokio::test]
+async fn a_batch_commit_always_moves_modified() {
+    let b = Backend::open().await;
+    let u = b.user();
+    b.put(&u, "c", upd("a", Some("A"), Some(3), None)).await;
+    let id = b
+        .start_batch(&u, "c", vec![upd("a", None, None, Some(3600))])
+        .await;
+    let r = b.post(&u, "c", vec![], BatchRequest::Commit(id)).await;
+    let a = b.get(&u, "c", "a").await.unwrap();
+    assert_eq!(
+        (a.payload.as_str(), a.sortindex, a.modified),
+        ("A", Some(3), r.last_modified)
+    );
+}
+
+// A commit applies its records `rules::COMMIT_CHUNK` (100) at a time: a batch of several
+// chunks, with the commit request's own records overlapping staged ids across chunk
+// boundaries, is applied whole, every record at the commit's T.
+#[tokio::test]
+async fn a_batch_of_several_chunks_commits_whole() {
+    let b = Backend::open().await;
+    let u = b.user();
+    let id = b
+        .start_batch(
+            &u,
+            "c",
+            (0..120)
+                .map(|i| rec(&format!("r{i:03}"), "staged"))
+                .collect(),
+        )
+        .await;
+    b.post(
+        &u,
+        "c",
+        (120..230)
+            .map(|i| rec(&format!("r{i:03}"), "staged"))
+            .collect(),
+        BatchRequest::Append(id.clone()),
+    )
+    .await;
+    // Overlapping staged ids in the first, second and third chunk, and new ones.
+    let resent = [5, 99, 100, 150, 199, 200, 229, 230, 231];
+    let r = b
+        .post(
+            &u,
+            "c",
+            resent
+                .iter()
+                .map(|i| upd(&format!("r{i:03}"), Some("committed"), Some(*i), None))
+                .collect(),
+            BatchRequest::Commit(id),
+        )
+        .await;
+    let page = b
+        .list(
+            &u,
+            "c",
+            syncserver::protocol::BsoQuery {
+                full: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(page.items.len(), 232);
+    assert!(page.items.iter().all(|i| i.modified == r.last_modified));
+    for item in &page.items {
+        let n: i32 = item.id[1..].parse().unwrap();
+        let expected = if resent.contains(&n) {
+            ("committed", Some(n))
+        } else {
+            ("staged", None)
+        };
+        assert_eq!(
+            (item.payload.as_str(), item.sortindex),
+            expected,
+            "{}",
+            item.id
+        );
+    }
 }
 
 #[tokio::test]
@@ -738,6 +845,22 @@ async fn delete_bsos_removes_the_named_ids_in_that_collection_only() {
     assert_eq!(b.storage_ts(&u).await, t);
 }
 
+// SPEC 1.6: up to 100 ids in one delete.
+#[tokio::test]
+async fn delete_bsos_with_a_hundred_ids() {
+    let b = Backend::open().await;
+    let u = b.user();
+    let items = (0..110).map(|i| rec(&format!("id{i:03}"), "x")).collect();
+    b.post(&u, "c", items, BatchRequest::None).await;
+    let ids: Vec<String> = (0..100).map(|i| format!("id{i:03}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    b.delete_ids(&u, "c", &refs).await;
+    assert_eq!(
+        b.ids(&u, "c").await,
+        (100..110).map(|i| format!("id{i:03}")).collect::<Vec<_>>()
+    );
+}
+
 // SPEC 1.5: deleting ids in a collection that does not exist still writes T and creates the
 // collection (it then shows in info/collections).
 #[tokio::test]
@@ -811,6 +934,58 @@ async fn the_storage_timestamp_never_goes_backwards() {
         "the old records stay gone"
     );
     assert_eq!(b.storage_ts(&u).await, t);
+}
+
+// A collection emptied by deletes still exists (it has a timestamp): deleting it leaves the
+// tombstone; one that only has a pending batch (an invisible placeholder) does not.
+#[tokio::test]
+async fn delete_collection_of_an_empty_or_only_pending_collection() {
+    let b = Backend::open().await;
+    let u = b.user();
+    b.put(&u, "emptied", rec("a", "x")).await;
+    let t = b.delete_ids(&u, "emptied", &["a"]).await;
+    let d = b.db.delete_collection(coll(&u, "emptied")).await.unwrap();
+    assert_eq!(d.previous_ts, t);
+    assert!(d.storage_ts > t);
+    assert!(b.timestamps(&u).await.is_empty());
+    assert_eq!(b.storage_ts(&u).await, d.storage_ts);
+
+    let fresh = b.user();
+    let id = b.start_batch(&fresh, "pending", vec![rec("a", "x")]).await;
+    let d =
+        b.db.delete_collection(coll(&fresh, "pending"))
+            .await
+            .unwrap();
+    assert_eq!(
+        (d.previous_ts, d.storage_ts),
+        (SyncTimestamp::ZERO, SyncTimestamp::ZERO)
+    );
+    assert_eq!(b.storage_ts(&fresh).await, SyncTimestamp::ZERO);
+    let e = b
+        .try_post(&fresh, "pending", vec![], BatchRequest::Commit(id))
+        .await;
+    assert_eq!(err_kind(e), ErrorKind::BadRequest);
+}
+
+// After a collection delete its records are gone for every method.
+#[tokio::test]
+async fn deleted_records_are_gone_for_every_method() {
+    let b = Backend::open().await;
+    let u = b.user();
+    b.put(&u, "c", upd("a", Some("x"), Some(1), None)).await;
+    b.db.delete_collection(coll(&u, "c")).await.unwrap();
+    assert_eq!(b.get(&u, "c", "a").await, None);
+    assert_eq!(
+        err_kind(b.db.delete_bso(bso_ref(&u, "c", "a")).await),
+        ErrorKind::NotFound
+    );
+    // A partial update finds nothing to merge with: a fresh record.
+    let t = b.put(&u, "c", upd("a", None, Some(2), None)).await;
+    let a = b.get(&u, "c", "a").await.unwrap();
+    assert_eq!(
+        (a.payload.as_str(), a.sortindex, a.modified),
+        ("", Some(2), t)
+    );
 }
 
 // SPEC 1.5: deleting a collection that does not exist changes nothing.
@@ -963,6 +1138,35 @@ async fn over_quota_refuses_every_write_until_records_are_deleted() {
     b.db.delete_bso(bso_ref(&u, "c", "big")).await.unwrap();
     b.put(&u, "c", rec("b", "q")).await;
     assert_eq!(b.ids(&u, "c").await, strs(&["b"]));
+}
+
+// Quota is per user; committed batches count like any write.
+#[tokio::test]
+async fn quota_is_per_user_and_counts_committed_batches() {
+    let b = Backend::with(quota(1000)).await;
+    let (full, other) = (b.user(), b.user());
+    let id = b
+        .start_batch(&full, "c", vec![rec("a", &"x".repeat(700))])
+        .await;
+    b.post(
+        &full,
+        "c",
+        vec![rec("b", &"x".repeat(200))],
+        BatchRequest::Commit(id),
+    )
+    .await;
+    assert_eq!(
+        b.info(&full, InfoKind::Quota).await.body,
+        InfoBody::Quota(900.0 / 1024.0)
+    );
+    // Under the limit before the write: allowed, and now over it.
+    b.put(&full, "d", rec("c", &"x".repeat(200))).await;
+    assert_eq!(
+        err_kind(b.try_put(&full, "d", rec("d", "x")).await),
+        ErrorKind::OverQuota
+    );
+    b.put(&other, "c", rec("a", &"y".repeat(900))).await;
+    assert_eq!(b.ids(&other, "c").await, strs(&["a"]));
 }
 
 #[tokio::test]
