@@ -7,7 +7,9 @@ use common::db::*;
 use common::*;
 use serde_json::json;
 
-backend_matrix!();
+backend_matrix!(
+    not_spanner: "upstream's MySQL and PostgreSQL databases only (no Spanner fixture)"
+);
 
 /// A scratch database built by `fixture` (upstream's schema and rows), and a server on it.
 async fn serve_fixture(fixture: &str) -> (common::backends::ScratchDatabase, TestServer) {
