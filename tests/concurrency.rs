@@ -45,98 +45,96 @@ async fn concurrent_writers_and_readers_all_succeed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn another_process_holding_the_write_lock_makes_requests_wait_not_fail() {
-    if common::backends::current().is_some() {
-        return; // SQLite's single-writer lock only; server engines have row locks.
-    }
-    let server = TestServer::start().await;
-    let user = server.user(9);
-    assert_eq!(
-        user.put("/storage/tabs/a", json!({"payload": "first"}))
-            .await
-            .status,
-        200
-    );
-    // Another connection (as an admin tool would) takes SQLite's write lock for a while.
-    let db = server.db_path();
-    let holder = std::thread::spawn(move || {
-        let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
-        conn.batch_execute("BEGIN IMMEDIATE; UPDATE collections SET name = name WHERE id = 1;")
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(700));
-        conn.batch_execute("COMMIT;").unwrap();
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let writes = (0..5).map(|i| {
-        user.request(reqwest::Method::PUT, &format!("/storage/tabs/w{i}"))
-            .header("Content-Type", "application/json")
-            .body(json!({"payload": i.to_string()}).to_string())
-            .send()
-    });
-    for r in futures::future::join_all(writes).await {
-        let r = r.unwrap();
-        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
-    }
-    holder.join().unwrap();
-    let ids = user.get("/storage/tabs?sort=oldest").await.json();
-    assert_eq!(ids.as_array().unwrap().len(), 6);
-}
+mod sqlite_only {
+    use super::*;
 
-// SPEC 6.94: while every pooled connection is busy, __lbheartbeat__ answers 500 with how long
-// the pool has been exhausted; once one is free again it answers 200.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lbheartbeat_reports_an_exhausted_pool_until_it_recovers() {
-    if common::backends::current().is_some() {
-        return; // exhaustion is produced with SQLite's file lock below
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn another_process_holding_the_write_lock_makes_requests_wait_not_fail() {
+        let server = TestServer::start().await;
+        let user = server.user(9);
+        assert_eq!(
+            user.put("/storage/tabs/a", json!({"payload": "first"}))
+                .await
+                .status,
+            200
+        );
+        // Another connection (as an admin tool would) takes SQLite's write lock for a while.
+        let db = server.db_path();
+        let holder = std::thread::spawn(move || {
+            let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+            conn.batch_execute("BEGIN IMMEDIATE; UPDATE collections SET name = name WHERE id = 1;")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(700));
+            conn.batch_execute("COMMIT;").unwrap();
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let writes = (0..5).map(|i| {
+            user.request(reqwest::Method::PUT, &format!("/storage/tabs/w{i}"))
+                .header("Content-Type", "application/json")
+                .body(json!({"payload": i.to_string()}).to_string())
+                .send()
+        });
+        for r in futures::future::join_all(writes).await {
+            let r = r.unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+        }
+        holder.join().unwrap();
+        let ids = user.get("/storage/tabs?sort=oldest").await.json();
+        assert_eq!(ids.as_array().unwrap().len(), 6);
     }
-    let server = TestServer::start_with(|s| s.syncstorage.database_pool_max_size = 1).await;
-    let user = server.user(12);
-    assert_eq!(
-        user.put("/storage/tabs/a", json!({"payload": "x"}))
-            .await
-            .status,
-        200
-    );
-    let db = server.db_path();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
-        conn.batch_execute("BEGIN IMMEDIATE; UPDATE collections SET name = name WHERE id = 1;")
-            .unwrap();
-        locked_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        conn.batch_execute("COMMIT;").unwrap();
-    });
-    locked_rx.recv().unwrap();
-    // This write takes the pool's only connection and waits on the lock.
-    let write = user
-        .request(reqwest::Method::PUT, "/storage/tabs/b")
-        .header("Content-Type", "application/json")
-        .body(json!({"payload": "y"}).to_string())
-        .send();
-    let write = tokio::spawn(write);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let r = server.raw(reqwest::Method::GET, "/__lbheartbeat__").await;
-    assert_eq!(r.status, 500, "{}", r.body);
-    assert_eq!(
-        (
-            r.json()["active_connections"].clone(),
-            r.json()["idle_connections"].clone()
-        ),
-        (json!(1), json!(0))
-    );
-    let first = r.json()["duration_ms"].as_u64().expect("duration_ms");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = server.raw(reqwest::Method::GET, "/__lbheartbeat__").await;
-    assert_eq!(r.status, 500);
-    assert!(
-        r.json()["duration_ms"].as_u64().unwrap() >= first + 250,
-        "{}",
-        r.body
-    );
-    holder.join().unwrap();
-    assert_eq!(write.await.unwrap().unwrap().status().as_u16(), 200);
-    let r = server.raw(reqwest::Method::GET, "/__lbheartbeat__").await;
-    assert_eq!(r.status, 200, "{}", r.body);
+
+    // SPEC 6.94: while every pooled connection is busy, __lbheartbeat__ answers 500 with how long
+    // the pool has been exhausted; once one is free again it answers 200.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn lbheartbeat_reports_an_exhausted_pool_until_it_recovers() {
+        let server = TestServer::start_with(|s| s.syncstorage.database_pool_max_size = 1).await;
+        let user = server.user(12);
+        assert_eq!(
+            user.put("/storage/tabs/a", json!({"payload": "x"}))
+                .await
+                .status,
+            200
+        );
+        let db = server.db_path();
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+            conn.batch_execute("BEGIN IMMEDIATE; UPDATE collections SET name = name WHERE id = 1;")
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            conn.batch_execute("COMMIT;").unwrap();
+        });
+        locked_rx.recv().unwrap();
+        // This write takes the pool's only connection and waits on the lock.
+        let write = user
+            .request(reqwest::Method::PUT, "/storage/tabs/b")
+            .header("Content-Type", "application/json")
+            .body(json!({"payload": "y"}).to_string())
+            .send();
+        let write = tokio::spawn(write);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = server.raw(reqwest::Method::GET, "/__lbheartbeat__").await;
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert_eq!(
+            (
+                r.json()["active_connections"].clone(),
+                r.json()["idle_connections"].clone()
+            ),
+            (json!(1), json!(0))
+        );
+        let first = r.json()["duration_ms"].as_u64().expect("duration_ms");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = server.raw(reqwest::Method::GET, "/__lbheartbeat__").await;
+        assert_eq!(r.status, 500);
+        assert!(
+            r.json()["duration_ms"].as_u64().unwrap() >= first + 250,
+            "{}",
+            r.body
+        );
+        holder.join().unwrap();
+        assert_eq!(write.await.unwrap().unwrap().status().as_u16(), 200);
+        let r = server.raw(reqwest::Method::GET, "/__lbheartbeat__").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
 }

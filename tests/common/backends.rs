@@ -118,6 +118,9 @@ pub struct ScratchDatabase {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Env var naming the database a re-run's tests may share (`ScratchDatabase::shared`).
+pub const SHARED_DB: &str = "SYNC_TEST_SHARED_DB";
+
 /// Runs `sql` (one or more statements) on the server or database at `url`.
 pub fn admin_exec(url: &str, sql: &str) {
     use diesel::Connection;
@@ -146,29 +149,60 @@ impl ScratchDatabase {
     /// A fresh database on the current engine; `None` on SQLite (the server makes its file).
     pub fn create() -> Option<ScratchDatabase> {
         let engine = current()?;
-        let server = server_url(engine);
         let name = format!(
             "sync_test_{}_{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         );
+        Some(Self::create_named(engine, name))
+    }
+
+    /// The database a re-run on `engine` may share between its tests (`SHARED_DB`): not
+    /// created here; dropping the handle drops it if a test created it.
+    fn shared_handle(engine: &str, name: String) -> ScratchDatabase {
+        let server = server_url(engine);
+        let url = if engine == "spanner" {
+            format!("spanner://{SPANNER_INSTANCE}/databases/{name}")
+        } else {
+            format!("{}/{name}", server.trim_end_matches('/'))
+        };
+        ScratchDatabase { url, server, name }
+    }
+
+    /// A fresh database named `name` on `engine` (a server engine).
+    pub fn create_named(engine: &str, name: String) -> ScratchDatabase {
+        let server = server_url(engine);
         if engine == "spanner" {
             // The server creates the database (its migrations); dropped over REST.
             ensure_spanner_instance();
-            return Some(ScratchDatabase {
+            return ScratchDatabase {
                 url: format!("spanner://{SPANNER_INSTANCE}/databases/{name}"),
                 server,
                 name,
-            });
+            };
         }
         // One statement each: PostgreSQL will not create a database inside a transaction.
         admin_exec(&server, &format!("DROP DATABASE IF EXISTS {name}"));
         admin_exec(&server, &format!("CREATE DATABASE {name}"));
-        Some(ScratchDatabase {
+        ScratchDatabase {
             url: format!("{}/{name}", server.trim_end_matches('/')),
             server,
             name,
-        })
+        }
+    }
+
+    /// The database this re-run's tests may share (named by the parent process, which drops
+    /// it afterwards), created on first use; `None` on SQLite or outside a matrix re-run.
+    /// Tests sharing it must keep to users of their own.
+    pub fn shared() -> Option<&'static ScratchDatabase> {
+        static SHARED: std::sync::OnceLock<Option<ScratchDatabase>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let engine = current()?;
+                let name = std::env::var(SHARED_DB).ok().filter(|n| !n.is_empty())?;
+                Some(Self::create_named(engine, name))
+            })
+            .as_ref()
     }
 }
 
@@ -196,7 +230,123 @@ impl Drop for ScratchDatabase {
     }
 }
 
-/// Runs this whole test binary again against `engine` (skipping the matrix tests), or says
+// ---- Tests that do not apply to every engine ----
+//
+// A test that is not meant for every engine says so in its name, with one of the `TAGS` below,
+// either as the module it sits in (`mod mysql_layout_only { ... }`, which keeps the function's
+// own name) or as a `_<tag>` suffix. It must never `return` early on the other engines: that
+// would count as passed. Instead:
+// * the re-run on an engine (`run_suite_on`) passes `--skip` for every test whose tags exclude
+//   that engine, so libtest counts it as "filtered out" there;
+// * the base run (plain `cargo test`, SQLite) cannot be given arguments, so a test whose tags
+//   exclude SQLite also carries `#[ignore = "not on SQLite: ..."]` (libtest counts it as
+//   "ignored"); the re-runs on the engines it applies to run it with `--include-ignored`.
+//   Tests ignored for any other reason (`#[ignore = "bug: ..."]`) stay out of every run.
+// * `engine_tags_match_ignores` (added by `backend_matrix!`) fails when a test excluded from
+//   SQLite is not ignored, or a "not on SQLite" ignore has no tag saying where it does run.
+// A whole binary that does not apply to an engine uses `backend_matrix!(not_spanner: "why")`:
+// its `on_spanner` test is then ignored, with the reason.
+
+/// Engine tags and the engines each one lets a test run on. No tag is a substring of another.
+pub const TAGS: &[(&str, &[&str])] = &[
+    ("sqlite_only", &["sqlite"]),
+    ("mysql_only", &["mysql"]),
+    ("postgres_only", &["postgres"]),
+    ("pooled_engines_only", &["mysql", "postgres"]),
+    ("mysql_layout_only", &["sqlite", "mysql"]),
+    ("uuid_batches_only", &["postgres", "spanner"]),
+    ("server_engines_only", &["mysql", "postgres", "spanner"]),
+    ("not_spanner", &["sqlite", "mysql", "postgres"]),
+];
+
+/// The reason every ignore for "does not apply to SQLite" starts with.
+pub const NOT_ON_SQLITE: &str = "not on SQLite";
+
+/// The engine this process tests, SQLite included.
+pub fn engine() -> &'static str {
+    current().unwrap_or("sqlite")
+}
+
+/// Whether the test named `test` (its full libtest path) applies to `engine`: every tag in its
+/// name must allow the engine.
+pub fn runs_on(test: &str, engine: &str) -> bool {
+    TAGS.iter()
+        .filter(|(tag, _)| test.contains(tag))
+        .all(|(_, engines)| engines.contains(&engine))
+}
+
+/// The names of this binary's tests (`--list`), all or only the ignored ones.
+fn list_tests(ignored: bool) -> Vec<String> {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
+    cmd.args(["--list", "--format", "terse"]);
+    if ignored {
+        cmd.arg("--ignored");
+    }
+    let out = cmd.output().expect("list the tests");
+    assert!(out.status.success(), "--list failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The ignored tests with their reasons: asking libtest to run exactly these (without
+/// `--include-ignored`) runs nothing and prints `test NAME ... ignored, REASON` for each.
+fn ignore_reasons() -> Vec<(String, String)> {
+    let ignored = list_tests(true);
+    if ignored.is_empty() {
+        // No filter at all would run every test.
+        return vec![];
+    }
+    let out = Command::new(std::env::current_exe().expect("test binary path"))
+        .arg("--exact")
+        .args(&ignored)
+        .env_remove("SYNC_TEST_BACKEND")
+        .output()
+        .expect("read the ignore reasons");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ignored
+        .into_iter()
+        .map(|name| {
+            let prefix = format!("test {name} ... ignored");
+            let reason = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .unwrap_or_else(|| panic!("{name} is listed as ignored but was not reported"));
+            let reason = reason.strip_prefix(", ").unwrap_or("").to_owned();
+            (name, reason)
+        })
+        .collect()
+}
+
+/// The guard behind the naming convention (see above).
+pub fn check_engine_tags() {
+    let reasons = ignore_reasons();
+    let reason = |name: &str| reasons.iter().find(|(n, _)| n == name).map(|(_, r)| r);
+    for test in list_tests(false) {
+        let tagged_away = !runs_on(&test, "sqlite");
+        match reason(&test) {
+            None if tagged_away => panic!(
+                "{test} does not apply to SQLite (its tag) but is not #[ignore = \"{NOT_ON_SQLITE}: ...\"]: \
+                 the base run would count it as passed"
+            ),
+            Some(r) if r.starts_with(NOT_ON_SQLITE) && !tagged_away => panic!(
+                "{test} is ignored as {r:?} but no tag in its name says which engines it runs on \
+                 (tests/common/backends.rs TAGS)"
+            ),
+            _ => {}
+        }
+    }
+    for (i, (a, _)) in TAGS.iter().enumerate() {
+        for (b, _) in &TAGS[i + 1..] {
+            assert!(!a.contains(b) && !b.contains(a), "tags {a} and {b} overlap");
+        }
+    }
+}
+
+/// Runs this whole test binary again against `engine` (skipping the matrix tests and the tests
+/// whose tags exclude the engine, running the "not on SQLite" ones that apply to it), or says
 /// plainly that it cannot. A no-op inside such a re-run.
 pub fn run_suite_on(engine: &str) {
     if current().is_some() {
@@ -221,12 +371,37 @@ pub fn run_suite_on(engine: &str) {
         );
         return;
     }
+    let reasons = ignore_reasons();
+    let mut skip: Vec<String> = ENGINES.iter().map(|(e, _, _)| format!("on_{e}")).collect();
+    let mut not_here = Vec::new();
+    for test in list_tests(false) {
+        if !runs_on(&test, engine) {
+            not_here.push(test.clone());
+            skip.push(test);
+        }
+    }
+    // Ignored tests other than "not on SQLite" ones stay out (as filtered).
+    let mut still_ignored = 0;
+    for (test, reason) in &reasons {
+        if !reason.starts_with(NOT_ON_SQLITE) && !skip.contains(test) {
+            still_ignored += 1;
+            skip.push(test.clone());
+        }
+    }
+    // Dropped (if the suite created it) once the re-run is over, whatever its outcome.
+    let shared = ScratchDatabase::shared_handle(
+        engine,
+        format!("sync_shared_{}_{engine}", std::process::id()),
+    );
     let mut cmd = Command::new(std::env::current_exe().expect("test binary path"));
     cmd.env("SYNC_TEST_BACKEND", engine);
-    for (other, _, _) in ENGINES {
-        cmd.args(["--skip", &format!("on_{other}")]);
+    cmd.env(SHARED_DB, &shared.name);
+    cmd.args(["--include-ignored", "--exact"]);
+    for test in &skip {
+        cmd.args(["--skip", test]);
     }
     let out = cmd.output().expect("re-run the test binary");
+    drop(shared);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -238,26 +413,46 @@ pub fn run_suite_on(engine: &str) {
         .rev()
         .find(|l| l.starts_with("test result"))
         .unwrap_or("");
-    let _ = writeln!(std::io::stderr(), "\n{engine}: {summary}");
+    let mut note = String::new();
+    if !not_here.is_empty() {
+        note += &format!("\n  not for {engine} (filtered): {}", not_here.join(", "));
+    }
+    if still_ignored > 0 {
+        note += &format!("\n  ignored (filtered): {still_ignored}");
+    }
+    let _ = writeln!(std::io::stderr(), "\n{engine}: {summary}{note}");
 }
 
-/// One `on_<engine>` test per engine, for a test binary to run its suite everywhere.
+/// One `on_<engine>` test per engine, for a test binary to run its suite everywhere, and the
+/// guard of the engine tags. `backend_matrix!(not_spanner: "why")`: the binary does not apply
+/// to Spanner; its `on_spanner` is ignored with that reason.
 #[macro_export]
 macro_rules! backend_matrix {
     () => {
+        $crate::backend_matrix!(@engine on_spanner "spanner");
+        $crate::backend_matrix!(@common);
+    };
+    (not_spanner: $why:literal) => {
         #[test]
-        fn on_mysql() {
-            common::backends::run_suite_on("mysql");
-        }
-
-        #[test]
-        fn on_postgres() {
-            common::backends::run_suite_on("postgres");
-        }
-
-        #[test]
+        #[ignore = $why]
         fn on_spanner() {
             common::backends::run_suite_on("spanner");
+        }
+        $crate::backend_matrix!(@common);
+    };
+    (@engine $name:ident $engine:literal) => {
+        #[test]
+        fn $name() {
+            common::backends::run_suite_on($engine);
+        }
+    };
+    (@common) => {
+        $crate::backend_matrix!(@engine on_mysql "mysql");
+        $crate::backend_matrix!(@engine on_postgres "postgres");
+
+        #[test]
+        fn engine_tags_match_ignores() {
+            common::backends::check_engine_tags();
         }
     };
 }

@@ -11,6 +11,7 @@
 pub mod backends;
 pub mod db;
 pub mod fxa;
+pub mod storage;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
