@@ -374,7 +374,9 @@ macro_rules! pool_checkout {
                 let obj = tokio::time::timeout(wait, pool.get())
                     .await
                     .map_err(|_| DbFault::Unavailable.error("database pool timeout"))?
-                    .map_err(|e| DbFault::Unavailable.error(format!("database unavailable: {e}")))?;
+                    .map_err(|e| {
+                        DbFault::Unavailable.error(format!("database unavailable: {e}"))
+                    })?;
                 let metrics = Object::metrics(&obj);
                 let secs = |s: u32| std::time::Duration::from_secs(s.into());
                 let too_old = settings

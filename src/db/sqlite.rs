@@ -27,7 +27,6 @@ use ops::Conn;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
-
 /// Where the database file lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteTarget {
@@ -110,12 +109,13 @@ pub(crate) fn open_pool(
         // Waiting for the file's write lock is waiting for the database, like waiting for a
         // pooled connection, and never longer than the request's deadline.
         .connection_customizer(Box::new(Pragmas {
-            busy_timeout_ms: 1000 * u64::from(
-                settings
-                    .connection_timeout_secs
-                    .min(settings.request_timeout_secs)
-                    .max(1),
-            ),
+            busy_timeout_ms: 1000
+                * u64::from(
+                    settings
+                        .connection_timeout_secs
+                        .min(settings.request_timeout_secs)
+                        .max(1),
+                ),
         }))
         .build(manager)
         .map_err(|e| format!("{setting}: cannot open {}: {e}", path.display()))
@@ -125,7 +125,10 @@ pub(crate) fn open_pool(
 /// process's writers queue before it; `busy_timeout` covers other processes). When it fails,
 /// SQLite's extended result code says why: BUSY or LOCKED is `DbFault::Busy` (503); anything
 /// else keeps its kind.
-pub(crate) fn write_transaction<T, E>(conn: &mut Conn, f: impl FnOnce(&mut Conn) -> Result<T, E>) -> Result<T, E>
+pub(crate) fn write_transaction<T, E>(
+    conn: &mut Conn,
+    f: impl FnOnce(&mut Conn) -> Result<T, E>,
+) -> Result<T, E>
 where
     E: From<diesel::result::Error> + From<ApiError>,
 {
@@ -143,9 +146,9 @@ where
         conn.with_raw_connection(|raw| libsqlite3_sys::sqlite3_extended_errcode(raw.cast()))
     };
     match code & 0xff {
-        libsqlite3_sys::SQLITE_BUSY | libsqlite3_sys::SQLITE_LOCKED => {
-            Err(DbFault::Busy.error("database file locked by another process").into())
-        }
+        libsqlite3_sys::SQLITE_BUSY | libsqlite3_sys::SQLITE_LOCKED => Err(DbFault::Busy
+            .error("database file locked by another process")
+            .into()),
         _ => result,
     }
 }

@@ -54,9 +54,9 @@ pub fn fault_of(e: &diesel::result::Error) -> DbFault {
             Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::ReadOnlyTransaction => {
                 DbFault::Unavailable
             }
-            _ => info
-                .sqlstate()
-                .map_or(DbFault::Other, |state| DbFault::from_sqlstate(state.as_str())),
+            _ => info.sqlstate().map_or(DbFault::Other, |state| {
+                DbFault::from_sqlstate(state.as_str())
+            }),
         },
         Error::BrokenTransactionManager => DbFault::Unavailable,
         _ => DbFault::Other,
