@@ -48,8 +48,18 @@ enum Command {
     },
     /// Create or update the storage database schema, then exit.
     Migrate,
-    /// Delete expired records and batches (reads hide them already; this reclaims space).
-    PurgeTtl,
+    /// Delete expired records and batches (reads hide them already; this reclaims space), in
+    /// short transactions, safe to run from cron beside a busy server.
+    ///
+    /// Example: syncserver purge-ttl --rows-per-chunk 500 --pause-ms 100
+    PurgeTtl {
+        /// Rows deleted per transaction.
+        #[arg(long, default_value_t = 1000)]
+        rows_per_chunk: u32,
+        /// Milliseconds to pause between transactions.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,7 +80,16 @@ fn main() -> ExitCode {
         } => token(settings, uid, node, duration),
         Command::Hawk { method, url } => hawk_header(settings, &method, &url),
         Command::Migrate => migrate(settings),
-        Command::PurgeTtl => purge_ttl(settings),
+        Command::PurgeTtl {
+            rows_per_chunk,
+            pause_ms,
+        } => purge_ttl(
+            settings,
+            syncserver::db::purge::PurgeOptions {
+                rows_per_chunk,
+                pause: std::time::Duration::from_millis(pause_ms),
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,15 +212,27 @@ fn migrate(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
-fn purge_ttl(settings: Settings) -> Result<(), String> {
+fn purge_ttl(
+    settings: Settings,
+    options: syncserver::db::purge::PurgeOptions,
+) -> Result<(), String> {
     let runtime = admin_runtime()?;
     let storage = open_for_admin(&runtime, &settings)?;
     let stats = runtime
-        .block_on(storage.purge_expired())
+        .block_on(syncserver::db::purge::purge_expired(
+            storage.as_ref(),
+            &options,
+            |so_far| {
+                eprintln!(
+                    "syncserver: purging: {} records, {} batches, {} staged records so far",
+                    so_far.bsos, so_far.batches, so_far.staged
+                )
+            },
+        ))
         .map_err(|e| e.message)?;
     eprintln!(
-        "syncserver: purged {} expired records and {} expired batches",
-        stats.bsos, stats.batches
+        "syncserver: purged {} expired records and {} expired batches ({} staged records)",
+        stats.bsos, stats.batches, stats.staged
     );
     Ok(())
 }

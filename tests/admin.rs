@@ -52,13 +52,18 @@ async fn purge_ttl_removes_only_expired_records_while_the_server_runs() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     assert_eq!(bso_rows(&server), 2);
-    let out = syncserver(&server, &["purge-ttl"]);
+    let out = syncserver(
+        &server,
+        &["purge-ttl", "--rows-per-chunk", "1", "--pause-ms", "5"],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("purged 1 expired records"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("purging: 1 records"), "{stderr}");
+    assert!(stderr.contains("purged 1 expired records"), "{stderr}");
     assert_eq!(bso_rows(&server), 1);
     assert_eq!(user.get("/storage/tabs").await.json(), json!(["kept"]));
     // The server keeps writing afterwards.

@@ -1192,6 +1192,68 @@ async fn purge_expired_removes_expired_batches_and_keeps_live_ones() {
     assert_eq!(b.ids(&u, "c").await, strs(&["b"]));
 }
 
+/// Small chunks: several short transactions, progress after each, the same end result, and
+/// a writer of another user goes on between the chunks.
+#[tokio::test]
+async fn purge_in_chunks_removes_everything_expired_a_bounded_number_at_a_time() {
+    let b = Backend::own(config()).await;
+    let (u, other) = (b.user(), b.user());
+    let mut items: Vec<_> = (0..23)
+        .map(|i| upd(&format!("gone{i:02}"), Some("x"), None, Some(0)))
+        .collect();
+    items.push(rec("live", "x"));
+    b.post(&u, "c", items, BatchRequest::None).await;
+    b.post(
+        &u,
+        "d",
+        vec![upd("gone", Some("x"), None, Some(0))],
+        BatchRequest::None,
+    )
+    .await;
+    let_expire().await;
+    let options = syncserver::db::purge::PurgeOptions {
+        rows_per_chunk: 5,
+        pause: Duration::from_millis(1),
+    };
+    let mut steps = Vec::new();
+    let db = b.db.clone();
+    let writer = tokio::spawn({
+        let (b_db, other) = (b.db.clone(), other.clone());
+        async move {
+            for i in 0..5 {
+                b_db.put_bso(syncserver::db::PutBso {
+                    target: syncserver::db::CollectionRef {
+                        user: other.clone(),
+                        collection: "w".into(),
+                        precondition: Precondition::None,
+                    },
+                    bso: rec(&format!("w{i}"), "y"),
+                })
+                .await
+                .expect("a write between purge chunks");
+            }
+        }
+    });
+    let total = syncserver::db::purge::purge_expired(db.as_ref(), &options, |so_far| {
+        steps.push(so_far.bsos)
+    })
+    .await
+    .unwrap();
+    writer.await.unwrap();
+    assert_eq!(total.bsos, 24);
+    assert!(steps.len() >= 5, "24 records 5 at a time: {steps:?}");
+    assert!(
+        steps.windows(2).all(|w| w[1] - w[0] <= 5 && w[1] >= w[0]),
+        "{steps:?}"
+    );
+    assert_eq!(b.ids(&u, "c").await, strs(&["live"]));
+    assert_eq!(b.ids(&other, "w").await.len(), 5);
+    let again = syncserver::db::purge::purge_expired(db.as_ref(), &options, |_| {})
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}
+
 // ---- check and pool_state ----
 
 #[tokio::test]

@@ -15,6 +15,7 @@ pub mod listing;
 pub mod mysql;
 pub mod pooled;
 pub mod postgres;
+pub mod purge;
 pub mod retry;
 pub mod rules;
 pub mod spanner;
@@ -136,6 +137,22 @@ pub struct DeletedCollection {
 pub struct PurgeStats {
     pub bsos: usize,
     pub batches: usize,
+    /// Records staged in expired batches (deleted before their batches on the MySQL layout).
+    pub staged: usize,
+}
+
+impl PurgeStats {
+    pub fn is_empty(&self) -> bool {
+        self.bsos + self.batches + self.staged == 0
+    }
+}
+
+impl std::ops::AddAssign for PurgeStats {
+    fn add_assign(&mut self, other: PurgeStats) {
+        self.bsos += other.bsos;
+        self.batches += other.batches;
+        self.staged += other.staged;
+    }
 }
 
 /// Connection pool occupancy, for `__lbheartbeat__`.
@@ -184,8 +201,16 @@ pub trait StorageDb: Send + Sync {
     ) -> ApiResult<SyncTimestamp>;
     /// Whether the database answers (`__heartbeat__`).
     async fn check(&self) -> ApiResult<()>;
-    /// Deletes records and batches that expired before now (reads already hide them).
-    async fn purge_expired(&self) -> ApiResult<PurgeStats>;
+    /// One step of a TTL purge (`purge`): in one short transaction, deletes up to `max_rows`
+    /// records that expired at `now` and up to `max_rows` expired batch rows (staged records
+    /// first). Nothing left to delete: an empty result.
+    async fn purge_expired_chunk(&self, now: SyncTimestamp, max_rows: u32)
+    -> ApiResult<PurgeStats>;
+    /// Deletes every record and batch expired now (reads already hide them), in chunks with
+    /// the default options (`purge::purge_expired`).
+    async fn purge_expired(&self) -> ApiResult<PurgeStats> {
+        purge::purge_expired(self, &purge::PurgeOptions::default(), |_| {}).await
+    }
     fn pool_state(&self) -> PoolState;
 }
 

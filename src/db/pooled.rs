@@ -301,9 +301,36 @@ macro_rules! pooled_backend {
                 .await
             }
 
-            async fn purge_expired(&self) -> $crate::error::ApiResult<$crate::db::PurgeStats> {
-                // An operator's command over every user: no request deadline.
-                read_unit!(self, std::time::Duration::MAX, |conn, _config| ops::purge_expired(conn, $crate::protocol::SyncTimestamp::now()).await)
+            async fn purge_expired_chunk(
+                &self,
+                now: $crate::protocol::SyncTimestamp,
+                max_rows: u32,
+            ) -> $crate::error::ApiResult<$crate::db::PurgeStats> {
+                let pool = self.pool.clone();
+                let settings = self.settings.clone();
+                // One short write transaction, like any other write: its own isolation level,
+                // run again on a conflict (`retry::SQL`), answered within the deadline.
+                $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
+                    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+                    let mut obj = connection(&pool, &settings).await?;
+                    let conn: &mut $Conn = &mut obj;
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        let before: &str = $before_write;
+                        if !before.is_empty() {
+                            conn.batch_execute(before).await?;
+                        }
+                        let result = conn
+                            .transaction(async |conn| ops::purge_expired_chunk(conn, now, i64::from(max_rows)).await)
+                            .await;
+                        match result.as_ref().err().and_then(|e| $crate::db::retry::SQL.next_delay(attempt, &e.kind)) {
+                            Some(wait) => tokio::time::sleep(wait).await,
+                            None => return result,
+                        }
+                    }
+                })
+                .await
             }
 
             fn pool_state(&self) -> $crate::db::PoolState {

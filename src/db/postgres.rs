@@ -158,10 +158,31 @@ mod ops {
         Ok(())
     }
 
-    async fn purge_batches(conn: &mut Conn, now: i64) -> QueryResult<usize> {
-        diesel::delete(batches::table.filter(batches::expiry.le(Ms(now))))
+    /// Up to `max_rows` expired batches, by key: (batches, 0); their staged records go with
+    /// them (ON DELETE CASCADE), at most max_total_records each.
+    async fn purge_batches(
+        conn: &mut Conn,
+        now: i64,
+        max_rows: i64,
+    ) -> QueryResult<(usize, usize)> {
+        let keys: Vec<(i64, i32, uuid::Uuid)> = batches::table
+            .filter(batches::expiry.le(Ms(now)))
+            .select((batches::user_id, batches::collection_id, batches::batch_id))
+            .limit(max_rows)
+            .load(conn)
+            .await?;
+        let mut deleted = 0;
+        for (uid, cid, id) in keys {
+            deleted += diesel::delete(
+                batches::table
+                    .filter(batches::user_id.eq(uid))
+                    .filter(batches::collection_id.eq(cid))
+                    .filter(batches::batch_id.eq(id)),
+            )
             .execute(conn)
-            .await
+            .await?;
+        }
+        Ok((deleted, 0))
     }
 
     fn staged_query(scope: &WriteScope, batch: BatchKey) -> batch_bsos::BoxedQuery<'static, Db> {

@@ -339,12 +339,21 @@ impl StorageDb for SqliteStorage {
         self.blocking(|conn, _| ops::ping(conn)).await
     }
 
-    async fn purge_expired(&self) -> ApiResult<PurgeStats> {
-        let turn = self.write_lock.clone().lock_owned().await;
-        // An operator's command over every user: no request deadline.
-        self.blocking_within(Duration::MAX, move |conn, _| {
+    async fn purge_expired_chunk(
+        &self,
+        now: SyncTimestamp,
+        max_rows: u32,
+    ) -> ApiResult<PurgeStats> {
+        // A short write like any other: queued behind this process's writers, within the
+        // deadline.
+        let turn = tokio::time::timeout(self.deadline, self.write_lock.clone().lock_owned())
+            .await
+            .map_err(|_| super::pooled::too_slow())?;
+        self.blocking(move |conn, _| {
             let _turn = turn;
-            write_transaction(conn, |conn| ops::purge_expired(conn, SyncTimestamp::now()))
+            write_transaction(conn, |conn| {
+                ops::purge_expired_chunk(conn, now, i64::from(max_rows))
+            })
         })
         .await
     }

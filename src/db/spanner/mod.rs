@@ -382,10 +382,16 @@ impl StorageDb for SpannerStorage {
     }
 
     /// Spanner's row deletion policies purge expired rows by themselves; this does it now,
-    /// with partitioned DML (no single transaction's mutation limit applies).
-    async fn purge_expired(&self) -> ApiResult<PurgeStats> {
+    /// with partitioned DML, which Spanner itself runs in many small transactions (no
+    /// transaction's mutation limit applies, and no long lock is held), so one step removes
+    /// all and the next finds nothing. `max_rows` does not apply.
+    async fn purge_expired_chunk(
+        &self,
+        now: SyncTimestamp,
+        _max_rows: u32,
+    ) -> ApiResult<PurgeStats> {
         detached_unit!(self, this => {
-            let now = SyncTimestamp::now().as_i64();
+            let now = now.as_i64();
             let mut removed = [0i64; 2];
             for (i, table) in ["bsos", "batches"].iter().enumerate() {
                 let mut stmt = Statement::new(format!(
@@ -394,7 +400,11 @@ impl StorageDb for SpannerStorage {
                 stmt.add_param("now", &now);
                 removed[i] = this.client.partitioned_update(stmt).await.map_err(client_error)?;
             }
-            Ok(PurgeStats { bsos: removed[0].max(0) as usize, batches: removed[1].max(0) as usize })
+            Ok(PurgeStats {
+                bsos: removed[0].max(0) as usize,
+                batches: removed[1].max(0) as usize,
+                staged: 0,
+            })
         })
     }
 

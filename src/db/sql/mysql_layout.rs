@@ -94,10 +94,45 @@ macro_rules! mysql_layout_ops {
         }
 
         /// Expired batches of every user; returns how many.
-        $($asy)* fn purge_batches(conn: &mut Conn, now: i64) -> QueryResult<usize> {
+        /// Up to `max_rows` staged records of expired batches, or when none is left, up to
+        /// `max_rows` expired batches: (batches, staged records) deleted. Batch ids start with
+        /// their creation ms, so the primary keys find both.
+        $($asy)* fn purge_batches(conn: &mut Conn, now: i64, max_rows: i64) -> QueryResult<(usize, usize)> {
             let cutoff = now - batch_id::BATCH_LIFETIME_MS - 10;
-            diesel::delete(batch_upload_items::table.filter(batch_upload_items::batch.lt(cutoff))).execute(conn)$($aw)*?;
-            diesel::delete(batch_uploads::table.filter(batch_uploads::batch.lt(cutoff))).execute(conn)$($aw)*
+            let items: Vec<(i64, i64, String)> = batch_upload_items::table
+                .filter(batch_upload_items::batch.lt(cutoff))
+                .select((batch_upload_items::batch, batch_upload_items::userid, batch_upload_items::id))
+                .limit(max_rows)
+                .load(conn)$($aw)*?;
+            if !items.is_empty() {
+                let mut by_batch: std::collections::BTreeMap<(i64, i64), Vec<String>> = Default::default();
+                for (batch, uid, id) in items {
+                    by_batch.entry((batch, uid)).or_default().push(id);
+                }
+                let mut staged = 0;
+                for ((batch, uid), ids) in by_batch {
+                    for chunk in ids.chunks(CHUNK) {
+                        staged += diesel::delete(
+                            batch_upload_items::table
+                                .filter(batch_upload_items::batch.eq(batch))
+                                .filter(batch_upload_items::userid.eq(uid))
+                                .filter(batch_upload_items::id.eq_any(chunk)),
+                        )
+                        .execute(conn)$($aw)*?;
+                    }
+                }
+                return Ok((0, staged));
+            }
+            let batches: Vec<(i64, i64)> = batch_uploads::table
+                .filter(batch_uploads::batch.lt(cutoff))
+                .select((batch_uploads::batch, batch_uploads::userid))
+                .limit(max_rows)
+                .load(conn)$($aw)*?;
+            let mut deleted = 0;
+            for (batch, uid) in batches {
+                deleted += diesel::delete(batch_uploads::table.find((batch, uid))).execute(conn)$($aw)*?;
+            }
+            Ok((deleted, 0))
         }
 
         /// Staged records, all or those with `ids`.

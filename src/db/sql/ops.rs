@@ -575,12 +575,35 @@ macro_rules! storage_ops {
             Ok(before)
         }
 
-        /// Removes expired records and expired batches (with their staged items) of every user.
-        pub $($asy)* fn purge_expired(conn: &mut Conn, now: SyncTimestamp) -> ApiResult<PurgeStats> {
+        /// One purge step (`db::purge`): up to `max_rows` expired records of any users, found
+        /// by the ttl index and deleted by key (and still expired: a writer may have renewed
+        /// one meanwhile), then up to `max_rows` rows of expired batches.
+        pub $($asy)* fn purge_expired_chunk(conn: &mut Conn, now: SyncTimestamp, max_rows: i64) -> ApiResult<PurgeStats> {
             let now = now.as_i64();
-            let bsos = diesel::delete(bso::table.filter(bso::ttl.le(Ms(now)))).execute(conn)$($aw)*?;
-            let batches = purge_batches(conn, now)$($aw)*?;
-            Ok(PurgeStats { bsos, batches })
+            let keys: Vec<(i64, i32, String)> = bso::table
+                .filter(bso::ttl.le(Ms(now)))
+                .select((bso::userid, bso::collection, bso::id))
+                .limit(max_rows)
+                .load(conn)$($aw)*?;
+            let mut by_collection: BTreeMap<(i64, i32), Vec<String>> = BTreeMap::new();
+            for (uid, cid, id) in keys {
+                by_collection.entry((uid, cid)).or_default().push(id);
+            }
+            let mut bsos = 0;
+            for ((uid, cid), ids) in by_collection {
+                for chunk in ids.chunks(CHUNK) {
+                    bsos += diesel::delete(
+                        bso::table
+                            .filter(bso::userid.eq(uid))
+                            .filter(bso::collection.eq(cid))
+                            .filter(bso::id.eq_any(chunk))
+                            .filter(bso::ttl.le(Ms(now))),
+                    )
+                    .execute(conn)$($aw)*?;
+                }
+            }
+            let (batches, staged) = purge_batches(conn, now, max_rows)$($aw)*?;
+            Ok(PurgeStats { bsos, batches, staged })
         }
 
         pub $($asy)* fn ping(conn: &mut Conn) -> ApiResult<()> {
