@@ -1241,11 +1241,17 @@ async fn purge_in_chunks_removes_everything_expired_a_bounded_number_at_a_time()
     .unwrap();
     writer.await.unwrap();
     assert_eq!(total.bsos, 24);
-    assert!(steps.len() >= 5, "24 records 5 at a time: {steps:?}");
-    assert!(
-        steps.windows(2).all(|w| w[1] - w[0] <= 5 && w[1] >= w[0]),
-        "{steps:?}"
-    );
+    if common::backends::current() == Some("spanner") {
+        // Partitioned DML: Spanner splits the one statement into small transactions itself.
+        assert_eq!(steps, [24]);
+    } else {
+        assert!(steps.len() >= 5, "24 records 5 at a time: {steps:?}");
+        assert!(steps[0] <= 5, "{steps:?}");
+        assert!(
+            steps.windows(2).all(|w| w[1] >= w[0] && w[1] - w[0] <= 5),
+            "{steps:?}"
+        );
+    }
     assert_eq!(b.ids(&u, "c").await, strs(&["live"]));
     assert_eq!(b.ids(&other, "w").await.len(), 5);
     let again = syncserver::db::purge::purge_expired(db.as_ref(), &options, |_| {})
