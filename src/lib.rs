@@ -5,6 +5,7 @@ pub mod db;
 pub mod error;
 pub mod logging;
 pub mod protocol;
+pub mod secret;
 pub mod server;
 pub mod settings;
 pub mod tokenserver;

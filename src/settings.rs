@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::db::sql::PoolSettings;
 use crate::protocol::Limits;
+use crate::secret::{DbUrl, Secret};
 use crate::tokenserver::settings::{TokenserverSettings, is_http_url};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -17,7 +18,7 @@ pub struct Settings {
     pub host: String,
     pub port: u16,
     /// Generated and kept in `<data_dir>/master_secret` when empty.
-    pub master_secret: String,
+    pub master_secret: Secret,
     pub environment: String,
     pub human_logs: bool,
     pub actix_keep_alive: Option<u32>,
@@ -98,7 +99,7 @@ impl Default for HttpSettings {
 pub struct StorageSettings {
     pub enabled: bool,
     /// Defaults to `sqlite:<data_dir>/syncserver.db`.
-    pub database_url: Option<String>,
+    pub database_url: Option<DbUrl>,
     pub database_pool_max_size: u32,
     pub database_pool_connection_timeout: u32,
     pub database_pool_connection_lifespan: Option<u32>,
@@ -121,7 +122,7 @@ impl Default for Settings {
         Settings {
             host: "127.0.0.1".into(),
             port: 8000,
-            master_secret: String::new(),
+            master_secret: Secret::default(),
             environment: "dev".into(),
             human_logs: false,
             actix_keep_alive: None,
@@ -257,7 +258,8 @@ impl Settings {
     pub fn storage_url(&self) -> String {
         self.syncstorage
             .database_url
-            .clone()
+            .as_deref()
+            .map(str::to_owned)
             .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("syncserver.db").display()))
     }
 
@@ -279,7 +281,7 @@ impl Settings {
     /// database, else a SQLite file of its own beside the storage file.
     pub fn tokenserver_url(&self) -> String {
         if let Some(url) = &self.tokenserver.database_url {
-            return url.clone();
+            return url.to_string();
         }
         let storage = self.storage_url();
         if storage.starts_with("mysql://") || storage.starts_with("postgres") {
@@ -301,7 +303,7 @@ impl Settings {
             if secret.is_empty() {
                 return Err(format!("master_secret: {} is empty", path.display()));
             }
-            self.master_secret = secret.to_owned();
+            self.master_secret = secret.into();
             return Ok(());
         }
         create_private_dir(&self.data_dir)?;
@@ -318,7 +320,7 @@ impl Settings {
         file.write_all(secret.as_bytes())
             .and_then(|_| file.sync_all())
             .map_err(|e| format!("master_secret: cannot write {}: {e}", path.display()))?;
-        self.master_secret = secret;
+        self.master_secret = secret.into();
         Ok(())
     }
 }
@@ -412,6 +414,20 @@ mod tests {
         let s = Settings::load_from(Some(&path), env(&[])).unwrap();
         assert_eq!(s.syncstorage.limits, Limits::default());
         assert!(s.human_logs);
+    }
+
+    #[test]
+    fn debug_output_has_no_secret_and_no_password() {
+        let mut s = Settings::default();
+        s.master_secret = "hunter2-master".into();
+        s.syncstorage.database_url = Some("mysql://sync:pw-storage@db/sync".into());
+        s.tokenserver.database_url = Some("postgres://ts:pw-token@db/ts".into());
+        s.tokenserver.fxa_metrics_hash_secret = "hunter2-hash".into();
+        let text = format!("{s:?}");
+        for secret in ["hunter2", "pw-storage", "pw-token"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("mysql://sync:****@db/sync"), "{text}");
     }
 
     #[test]

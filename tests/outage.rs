@@ -133,7 +133,7 @@ async fn relayed_server(
         relayed.push_str("?prefer_socket=false");
     }
     let server = TestServer::start_with(|s| {
-        s.syncstorage.database_url = Some(relayed.clone());
+        s.syncstorage.database_url = Some(relayed.clone().into());
         s.syncstorage.database_pool_connection_timeout = 2;
         if spanner {
             s.syncstorage.spanner_emulator_host = Some(format!("127.0.0.1:{}", relay.port));

@@ -977,7 +977,7 @@ async fn self_node_and_public_url() {
     let ts_url = env.server.tokenserver_database_url.clone();
     let moved = ts_env_with(|s| {
         s.public_url = Some("https://first.example.org".into());
-        s.tokenserver.database_url = Some(ts_url);
+        s.tokenserver.database_url = Some(ts_url.into());
     })
     .await;
     let nodes = moved.nodes();
@@ -990,7 +990,7 @@ async fn self_node_and_public_url() {
     let ts_url = moved.server.tokenserver_database_url.clone();
     let again = ts_env_with(|s| {
         s.public_url = Some("https://second.example.org".into());
-        s.tokenserver.database_url = Some(ts_url);
+        s.tokenserver.database_url = Some(ts_url.into());
     })
     .await;
     let nodes = again.nodes();

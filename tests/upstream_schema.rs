@@ -16,7 +16,7 @@ async fn serve_fixture(fixture: &str) -> (common::backends::ScratchDatabase, Tes
     let upstream = common::backends::ScratchDatabase::create().unwrap();
     common::backends::admin_exec(&upstream.url, fixture);
     let url = upstream.url.clone();
-    let server = TestServer::start_with(|s| s.syncstorage.database_url = Some(url)).await;
+    let server = TestServer::start_with(|s| s.syncstorage.database_url = Some(url.into())).await;
     (upstream, server)
 }
 
@@ -215,7 +215,7 @@ mod pooled_engines_only {
         let (ts_url, fxa_url) = (upstream.url.clone(), fxa.url.clone());
         let server = TestServer::start_with(move |s| {
             s.tokenserver.enabled = true;
-            s.tokenserver.database_url = Some(ts_url);
+            s.tokenserver.database_url = Some(ts_url.into());
             s.tokenserver.fxa_oauth_server_url = fxa_url;
         })
         .await;

@@ -111,6 +111,12 @@ impl TokenserverError {
         )
     }
 
+    /// No node can take a new user (none available, or the pinned one is gone): upstream's
+    /// 503 internal-error.
+    pub fn no_node() -> Self {
+        Self::internal_error(503)
+    }
+
     /// A database or upstream service that is down or too slow: the client retries later.
     pub fn unavailable() -> Self {
         Self::new(503, "error", "body", "", "Resource is not available")

@@ -6,13 +6,14 @@ use serde::Deserialize;
 
 use super::oauth::Jwk;
 use crate::db::sql::PoolSettings;
+use crate::secret::{DbUrl, Secret};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct TokenserverSettings {
     pub enabled: bool,
     /// Defaults to the storage database (MySQL/PostgreSQL) or `sqlite:<data_dir>/tokenserver.db`.
-    pub database_url: Option<String>,
+    pub database_url: Option<DbUrl>,
     pub database_pool_max_size: u32,
     pub database_pool_connection_timeout: u32,
     /// Seconds a token request may spend in the database before 504 `elapsed`.
@@ -35,7 +36,7 @@ pub struct TokenserverSettings {
     pub fxa_oauth_connect_timeout: u64,
     pub fxa_oauth_primary_jwk: Option<Jwk>,
     pub fxa_oauth_secondary_jwk: Option<Jwk>,
-    pub fxa_metrics_hash_secret: String,
+    pub fxa_metrics_hash_secret: Secret,
     pub fxa_webhook_enabled: bool,
     pub fxa_webhook_metrics_only: bool,
     pub fxa_webhook_set_client_id: Option<String>,

@@ -55,7 +55,7 @@ impl TestServer {
         settings.tokenserver.enabled = false;
         let database = backends::ScratchDatabase::create();
         if let Some(db) = &database {
-            settings.syncstorage.database_url = Some(db.url.clone());
+            settings.syncstorage.database_url = Some(db.url.clone().into());
             if db.url.starts_with("spanner://") {
                 settings.syncstorage.spanner_emulator_host =
                     Some(backends::spanner_emulator_host());

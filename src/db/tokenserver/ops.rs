@@ -82,7 +82,7 @@ macro_rules! tokenserver_ops {
                     .first::<String>(conn)
                     $($aw)*
                     .optional()?
-                    .ok_or_else(|| TokenserverError::internal_error(503))?;
+                    .ok_or_else(|| TokenserverError::no_node())?;
                 diesel::update(nodes::table.find(id))
                     .set(nodes::current_load.eq(nodes::current_load + 1))
                     .execute(conn)
@@ -118,7 +118,7 @@ macro_rules! tokenserver_ops {
                 .collect();
             let mut after = before.clone();
             let chosen = assign(&mut after, lookup.node_capacity_release_rate)
-                .ok_or_else(|| TokenserverError::internal_error(503))?;
+                .ok_or_else(|| TokenserverError::no_node())?;
             for (old, new) in before.iter().zip(&after).filter(|(old, new)| old != new) {
                 // Each value was derived from an int column, so it fits back into one.
                 diesel::update(nodes::table.find(old.id))
