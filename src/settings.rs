@@ -418,8 +418,10 @@ mod tests {
 
     #[test]
     fn debug_output_has_no_secret_and_no_password() {
-        let mut s = Settings::default();
-        s.master_secret = "hunter2-master".into();
+        let mut s = Settings {
+            master_secret: "hunter2-master".into(),
+            ..Default::default()
+        };
         s.syncstorage.database_url = Some("mysql://sync:pw-storage@db/sync".into());
         s.tokenserver.database_url = Some("postgres://ts:pw-token@db/ts".into());
         s.tokenserver.fxa_metrics_hash_secret = "hunter2-hash".into();

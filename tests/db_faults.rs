@@ -17,24 +17,24 @@ backend_matrix!(not_spanner: "Spanner's faults are gRPC codes: the unit test in 
 
 /// A direct connection to the test server's own database (MySQL or PostgreSQL).
 enum Raw {
-    Mysql(diesel_async::AsyncMysqlConnection),
-    Pg(diesel_async::AsyncPgConnection),
+    Mysql(Box<diesel_async::AsyncMysqlConnection>),
+    Pg(Box<diesel_async::AsyncPgConnection>),
 }
 
 impl Raw {
     async fn open(url: &str) -> Raw {
         if url.starts_with("mysql") {
-            Raw::Mysql(
+            Raw::Mysql(Box::new(
                 diesel_async::AsyncMysqlConnection::establish(url)
                     .await
                     .unwrap(),
-            )
+            ))
         } else {
-            Raw::Pg(
+            Raw::Pg(Box::new(
                 diesel_async::AsyncPgConnection::establish(url)
                     .await
                     .unwrap(),
-            )
+            ))
         }
     }
 
