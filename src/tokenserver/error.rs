@@ -10,6 +10,9 @@ pub struct TokenserverError {
     pub location: &'static str,
     pub name: String,
     pub description: String,
+    /// The database fault behind this error, if any: the tokenserver's units of work are run
+    /// again on a `DbFault::Conflict` like the storage API's (`db::retry`).
+    pub fault: Option<crate::db::fault::DbFault>,
 }
 
 impl TokenserverError {
@@ -26,6 +29,7 @@ impl TokenserverError {
             location,
             name: name.into(),
             description: description.into(),
+            fault: None,
         }
     }
 
@@ -145,11 +149,15 @@ impl From<crate::error::ApiError> for TokenserverError {
     fn from(e: crate::error::ApiError) -> Self {
         let status = e.status();
         slog_scope::error!("tokenserver database error"; "error" => &e.message, "status" => status);
-        if status == 503 {
+        let mut error = if status == 503 {
             Self::unavailable()
         } else {
             Self::internal_error(500)
+        };
+        if let crate::error::ErrorKind::Database(fault) = e.kind {
+            error.fault = Some(fault);
         }
+        error
     }
 }
 

@@ -152,8 +152,9 @@ macro_rules! pooled_tokenserver {
             async fn unit<T, F>(&self, f: F) -> TsResult<T>
             where
                 T: Send + 'static,
-                F: for<'c> FnOnce(&'c mut $Conn) -> futures::future::BoxFuture<'c, TsResult<T>>
+                F: for<'c> Fn(&'c mut $Conn) -> futures::future::BoxFuture<'c, TsResult<T>>
                     + Send
+                    + Sync
                     + 'static,
             {
                 crate::db::pooled::pool_checkout!($Conn);
@@ -164,8 +165,26 @@ macro_rules! pooled_tokenserver {
                     use diesel_async::{AsyncConnection, SimpleAsyncConnection};
                     let mut obj = connection(&pool, &settings).await?;
                     let conn: &mut $Conn = &mut obj;
-                    conn.batch_execute($before).await?;
-                    Ok(conn.transaction(async move |c| f(c).await).await)
+                    // Run again when the engine rolled it back to settle a conflict, as the
+                    // storage API's units of work are (`retry::SQL`).
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        conn.batch_execute($before).await?;
+                        let result = conn.transaction(async |c| f(c).await).await;
+                        let retry = result
+                            .as_ref()
+                            .err()
+                            .and_then(|e| e.fault)
+                            .and_then(|fault| {
+                                crate::db::retry::SQL
+                                    .next_delay(attempt, &crate::error::ErrorKind::Database(fault))
+                            });
+                        match retry {
+                            Some(wait) => tokio::time::sleep(wait).await,
+                            None => return Ok(result),
+                        }
+                    }
                 })
                 .await
                 .map_err(TokenserverError::from)?
@@ -176,22 +195,30 @@ macro_rules! pooled_tokenserver {
         impl TokenserverDb for $Db {
             async fn service(&self, name: &str) -> TsResult<Option<Service>> {
                 let name = name.to_owned();
-                self.unit(move |c| Box::pin(async move { Ok($ops::service(c, &name).await?) }))
-                    .await
+                self.unit(move |c| {
+                    let name = name.clone();
+                    Box::pin(async move { Ok($ops::service(c, &name).await?) })
+                })
+                .await
             }
             async fn get_or_create_user(&self, lookup: UserLookup) -> TsResult<UserRecord> {
                 self.unit(move |c| {
+                    let lookup = lookup.clone();
                     Box::pin(async move { $ops::get_or_create_user(c, &lookup).await })
                 })
                 .await
             }
             async fn update_user(&self, update: UserUpdate) -> TsResult<i64> {
-                self.unit(move |c| Box::pin(async move { $ops::update_user(c, &update).await }))
-                    .await
+                self.unit(move |c| {
+                    let update = update.clone();
+                    Box::pin(async move { $ops::update_user(c, &update).await })
+                })
+                .await
             }
             async fn ensure_node(&self, service: i32, url: &str, capacity: i32) -> TsResult<()> {
                 let url = url.to_owned();
                 self.unit(move |c| {
+                    let url = url.clone();
                     Box::pin(
                         async move { Ok($ops::ensure_node(c, service, &url, capacity).await?) },
                     )
@@ -206,6 +233,7 @@ macro_rules! pooled_tokenserver {
             ) -> TsResult<SelfNode> {
                 let url = url.to_owned();
                 self.unit(move |c| {
+                    let url = url.clone();
                     Box::pin(async move {
                         Ok($ops::ensure_self_node(c, service, &url, capacity).await?)
                     })
@@ -215,6 +243,7 @@ macro_rules! pooled_tokenserver {
             async fn retire_user(&self, service: i32, email: &str, now_ms: i64) -> TsResult<()> {
                 let email = email.to_owned();
                 self.unit(move |c| {
+                    let email = email.clone();
                     Box::pin(async move {
                         $ops::retire_user(c, service, &email, now_ms).await?;
                         Ok(())
@@ -230,6 +259,7 @@ macro_rules! pooled_tokenserver {
             ) -> TsResult<()> {
                 let email = email.to_owned();
                 self.unit(move |c| {
+                    let email = email.clone();
                     Box::pin(async move {
                         $ops::raise_generation(c, service, &email, generation).await?;
                         Ok(())
