@@ -7,11 +7,9 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::db::{AnyConnection, Num, sql_query, ts_db};
+use common::db::{AnyConnection, NodeRow, Num, UserRow, sql_query, ts_db};
 use common::fxa::{FakeFxa, SYNC_SCOPE, Signer, unix_now};
 use common::*;
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use hmac::{Hmac, Mac};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -182,38 +180,6 @@ impl Env {
 enum Bind {
     I(i64),
     T(String),
-}
-
-#[derive(QueryableByName, Debug, Clone, PartialEq)]
-struct UserRow {
-    #[diesel(sql_type = BigInt)]
-    uid: i64,
-    #[diesel(sql_type = BigInt)]
-    generation: i64,
-    #[diesel(sql_type = Text)]
-    client_state: String,
-    #[diesel(sql_type = BigInt)]
-    created_at: i64,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    replaced_at: Option<i64>,
-    #[diesel(sql_type = BigInt)]
-    nodeid: i64,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    keys_changed_at: Option<i64>,
-}
-
-#[derive(QueryableByName, Debug, Clone, PartialEq)]
-struct NodeRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    node: String,
-    #[diesel(sql_type = Integer)]
-    available: i32,
-    #[diesel(sql_type = Integer)]
-    current_load: i32,
-    #[diesel(sql_type = Integer)]
-    capacity: i32,
 }
 
 /// A tokenserver error body: `{"status": status, "errors": [{location, name, description}]}`.

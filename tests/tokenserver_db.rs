@@ -10,9 +10,7 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::backends::ScratchDatabase;
-use common::db::{AnyConnection, connect, sql_query};
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+use common::db::{AnyConnection, NodeRow, UserRow, connect, sql_query};
 use syncserver::db::sql::PoolSettings;
 use syncserver::db::tokenserver::{
     SYNC_SERVICE, SelfNode, Service, SharedTokenserverDb, UserLookup, UserRecord, UserUpdate,
@@ -99,38 +97,6 @@ fn update(ts: &Ts, current: &UserRecord) -> UserUpdate {
         client_state: current.client_state.clone(),
         now_ms: common::now_ms(),
     }
-}
-
-#[derive(QueryableByName, Debug, Clone, PartialEq)]
-struct UserRow {
-    #[diesel(sql_type = BigInt)]
-    uid: i64,
-    #[diesel(sql_type = BigInt)]
-    generation: i64,
-    #[diesel(sql_type = Text)]
-    client_state: String,
-    #[diesel(sql_type = BigInt)]
-    created_at: i64,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    replaced_at: Option<i64>,
-    #[diesel(sql_type = BigInt)]
-    nodeid: i64,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    keys_changed_at: Option<i64>,
-}
-
-#[derive(QueryableByName, Debug, Clone, PartialEq)]
-struct NodeRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    node: String,
-    #[diesel(sql_type = Integer)]
-    available: i32,
-    #[diesel(sql_type = Integer)]
-    current_load: i32,
-    #[diesel(sql_type = Integer)]
-    capacity: i32,
 }
 
 impl Ts {

@@ -129,6 +129,26 @@ macro_rules! pooled_backend {
             }};
         }
 
+        /// One write transaction on `conn` (`|conn| body`) at the write isolation level, run
+        /// again when the engine rolled it back to settle a conflict (`retry::SQL`).
+        macro_rules! write_transaction {
+            ($c:ident, |$tx:ident| $tbody:expr) => {{
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let before: &str = $before_write;
+                    if !before.is_empty() {
+                        $c.batch_execute(before).await?;
+                    }
+                    let result = $c.transaction(async |$tx| $tbody).await;
+                    match result.as_ref().err().and_then(|e| $crate::db::retry::SQL.next_delay(attempt, &e.kind)) {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => break result,
+                    }
+                }
+            }};
+        }
+
         /// A write unit of work on `(uid, collection)`: `|conn, scope, config| body`, run
         /// again when the engine rolled it back to settle a conflict (`retry::SQL`).
         macro_rules! write_unit {
@@ -149,27 +169,13 @@ macro_rules! pooled_backend {
                             ops::collection_id(conn, name).await?;
                         }
                     }
-                    let mut attempt = 0;
-                    loop {
-                        attempt += 1;
-                        let before: &str = $before_write;
-                        if !before.is_empty() {
-                            conn.batch_execute(before).await?;
-                        }
-                        let result = conn
-                            .transaction(async |$conn| {
-                                let scope = ops::begin_write($conn, uid, collection.as_deref()).await?;
-                                let $scope = &scope;
-                                let $config: &$crate::db::StorageConfig = &config;
-                                let _ = $config;
-                                $body
-                            })
-                            .await;
-                        match result.as_ref().err().and_then(|e| $crate::db::retry::SQL.next_delay(attempt, &e.kind)) {
-                            Some(wait) => tokio::time::sleep(wait).await,
-                            None => return result,
-                        }
-                    }
+                    write_transaction!(conn, |$conn| {
+                        let scope = ops::begin_write($conn, uid, collection.as_deref()).await?;
+                        let $scope = &scope;
+                        let $config: &$crate::db::StorageConfig = &config;
+                        let _ = $config;
+                        $body
+                    })
                 })
                 .await
             }};
@@ -314,21 +320,7 @@ macro_rules! pooled_backend {
                     use diesel_async::{AsyncConnection, SimpleAsyncConnection};
                     let mut obj = connection(&pool, &settings).await?;
                     let conn: &mut $Conn = &mut obj;
-                    let mut attempt = 0;
-                    loop {
-                        attempt += 1;
-                        let before: &str = $before_write;
-                        if !before.is_empty() {
-                            conn.batch_execute(before).await?;
-                        }
-                        let result = conn
-                            .transaction(async |conn| ops::purge_expired_chunk(conn, now, i64::from(max_rows)).await)
-                            .await;
-                        match result.as_ref().err().and_then(|e| $crate::db::retry::SQL.next_delay(attempt, &e.kind)) {
-                            Some(wait) => tokio::time::sleep(wait).await,
-                            None => return result,
-                        }
-                    }
+                    write_transaction!(conn, |tx| ops::purge_expired_chunk(tx, now, i64::from(max_rows)).await)
                 })
                 .await
             }

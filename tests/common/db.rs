@@ -5,7 +5,7 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 
@@ -477,4 +477,38 @@ pub fn db_snapshot(server: &TestServer) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n--\n")
+}
+
+/// A tokenserver `users` row as the tests read it.
+#[derive(QueryableByName, Debug, Clone, PartialEq)]
+pub struct UserRow {
+    #[diesel(sql_type = BigInt)]
+    pub uid: i64,
+    #[diesel(sql_type = BigInt)]
+    pub generation: i64,
+    #[diesel(sql_type = Text)]
+    pub client_state: String,
+    #[diesel(sql_type = BigInt)]
+    pub created_at: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub replaced_at: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    pub nodeid: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub keys_changed_at: Option<i64>,
+}
+
+/// A tokenserver `nodes` row as the tests read it.
+#[derive(QueryableByName, Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub node: String,
+    #[diesel(sql_type = Integer)]
+    pub available: i32,
+    #[diesel(sql_type = Integer)]
+    pub current_load: i32,
+    #[diesel(sql_type = Integer)]
+    pub capacity: i32,
 }
