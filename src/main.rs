@@ -192,11 +192,13 @@ fn open_for_admin(
     ))
 }
 
+use syncserver::secret::redact_url;
+
 fn migrate(settings: Settings) -> Result<(), String> {
     open_for_admin(&admin_runtime()?, &settings)?;
     eprintln!(
         "syncserver: migrations applied to {}",
-        settings.storage_url()
+        redact_url(&settings.storage_url())
     );
     if settings.tokenserver.enabled {
         let mut pool = settings.tokenserver.pool();
@@ -207,7 +209,10 @@ fn migrate(settings: Settings) -> Result<(), String> {
             syncserver::settings::create_private_dir(&settings.data_dir)?;
         }
         syncserver::db::tokenserver::open_tokenserver_db(&url, &pool)?;
-        eprintln!("syncserver: tokenserver migrations applied to {url}");
+        eprintln!(
+            "syncserver: tokenserver migrations applied to {}",
+            redact_url(&url)
+        );
     }
     Ok(())
 }

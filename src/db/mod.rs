@@ -245,7 +245,8 @@ pub async fn open_storage(
     match sqlite::SqliteTarget::from_url(url) {
         Some(target) => Ok(Arc::new(sqlite::SqliteStorage::open(target, pool, config)?)),
         None => Err(format!(
-            "syncstorage.database_url: unsupported database URL {url:?} (use sqlite:PATH, mysql://, postgres:// or spanner://)"
+            "syncstorage.database_url: unsupported database URL {:?} (use sqlite:PATH, mysql://, postgres:// or spanner://)",
+            crate::secret::redact_url(url)
         )),
     }
 }

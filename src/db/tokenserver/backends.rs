@@ -34,7 +34,8 @@ pub fn open(url: &str, pool: &PoolSettings) -> Result<super::SharedTokenserverDb
             &target, pool,
         )?)),
         None => Err(format!(
-            "{SETTING}: unsupported database URL {url:?} (use sqlite:PATH, mysql:// or postgres://)"
+            "{SETTING}: unsupported database URL {:?} (use sqlite:PATH, mysql:// or postgres://)",
+            crate::secret::redact_url(url)
         )),
     }
 }
