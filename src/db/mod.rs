@@ -1,5 +1,6 @@
 //! Storage behind one async trait whose methods are Sync operations, each a whole unit of work
-//! (lock, evaluate preconditions, act, commit). The only module that knows SQL.
+//! (lock, evaluate preconditions, act, commit): the units are written once (`units`) over the
+//! statements each engine implements (`tx`). The only module that knows SQL.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub mod spanner;
 pub mod sql;
 pub mod sqlite;
 pub mod tokenserver;
+pub mod tx;
+pub mod units;
 
 /// Whose data: the tokenserver uid for SQL backends, fxa_uid/fxa_kid for Spanner.
 #[derive(Debug, Clone, PartialEq, Eq)]

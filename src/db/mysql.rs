@@ -28,42 +28,39 @@ crate::db::pooled::pooled_backend!(
     read_start = ""
 );
 
-/// The shared operations, compiled for diesel-async's MySQL connection.
-mod ops {
+/// The invisible placeholder row (last_modified 0, which every read ignores).
+async fn insert_placeholder(
+    conn: &mut AsyncMysqlConnection,
+    uid: i64,
+    cid: i32,
+) -> diesel::QueryResult<usize> {
+    use crate::db::sql::{Ms, schema::user_collections};
+    use diesel::ExpressionMethods;
     use diesel_async::RunQueryDsl;
-
-    pub type Conn = diesel_async::AsyncMysqlConnection;
-    type Db = diesel::mysql::Mysql;
-
-    /// Bytes as MySQL counts them; rows written by syncstorage-rs leave payload_size at 0.
-    const BSO_BYTES_SUM: &str = "CAST(SUM(LENGTH(payload)) AS SIGNED)";
-    const STAGED_BYTES_SUM: &str = "CAST(SUM(payload_size) AS SIGNED)";
-
-    /// The invisible placeholder row (last_modified 0, which every read ignores).
-    async fn insert_placeholder(conn: &mut Conn, uid: i64, cid: i32) -> QueryResult<usize> {
-        diesel::insert_or_ignore_into(user_collections::table)
-            .values((
-                user_collections::userid.eq(uid),
-                user_collections::collection.eq(cid),
-                user_collections::last_modified.eq(Ms(0)),
-            ))
-            .execute(conn)
-            .await
-    }
-
-    crate::db::pooled::locking_collection_ts!();
-
-    async fn pause(ms: u64) {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
-
-    async fn emit(
-        out: &crate::db::listing::ListingSender,
-        item: crate::error::ApiResult<crate::db::listing::Listing>,
-    ) -> crate::error::ApiResult<()> {
-        crate::db::listing::send(out, item).await
-    }
-
-    crate::db::sql::ops::storage_ops!(schema = crate::db::sql::schema, [async] [.await]);
-    crate::db::sql::mysql_layout::mysql_layout_ops!([async] [.await]);
+    diesel::insert_or_ignore_into(user_collections::table)
+        .values((
+            user_collections::userid.eq(uid),
+            user_collections::collection.eq(cid),
+            user_collections::last_modified.eq(Ms(0)),
+        ))
+        .execute(conn)
+        .await
 }
+
+crate::db::sql::statements::sql_statements!(
+    conn = AsyncMysqlConnection,
+    db = diesel::mysql::Mysql,
+    schema = crate::db::sql::schema,
+    // Bytes as MySQL counts them; rows written by syncstorage-rs leave payload_size at 0.
+    bytes_sum = "CAST(SUM(LENGTH(payload)) AS SIGNED)",
+    lock = rows(insert_placeholder),
+    run = diesel_async::RunQueryDsl,
+    [.await]
+);
+crate::db::sql::mysql_layout::mysql_layout!(
+    conn = AsyncMysqlConnection,
+    db = diesel::mysql::Mysql,
+    staged_bytes_sum = "CAST(SUM(payload_size) AS SIGNED)",
+    run = diesel_async::RunQueryDsl,
+    [.await]
+);

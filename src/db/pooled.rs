@@ -1,7 +1,7 @@
 //! What the server-database backends (MySQL, PostgreSQL) share: a deadpool of diesel-async
-//! connections, units of work run on tasks of their own, transient-conflict retries, and the
-//! `StorageDb` impl itself, generated per backend by `pooled_backend!` around that backend's
-//! `ops` module (its instance of `storage_ops!`).
+//! connections, units of work (`db::units`) run on tasks of their own, conflict retries, and
+//! the `Backend` impl itself, generated per backend by `pooled_backend!` for its connection
+//! type (a macro because the isolation statements and the connection type are per engine).
 
 use std::future::Future;
 
@@ -100,35 +100,6 @@ macro_rules! pooled_backend {
 
         $crate::db::pooled::pool_checkout!($Conn);
 
-        /// A read-only unit of work on one snapshot: `|conn, config| body`, answered 503 after
-        /// `database_request_timeout` (or after `$deadline`).
-        macro_rules! read_unit {
-            ($self:ident, |$conn:ident, $config:ident| $body:expr) => {{
-                read_unit!($self, $crate::db::pooled::deadline(&$self.settings), |$conn, $config| $body)
-            }};
-            ($self:ident, $deadline:expr, |$conn:ident, $config:ident| $body:expr) => {{
-                let pool = $self.pool.clone();
-                let settings = $self.settings.clone();
-                let config = $self.config.clone();
-                $crate::db::pooled::detached($deadline, async move {
-                    use diesel_async::AsyncConnection;
-                    let mut obj = connection(&pool, &settings).await?;
-                    let conn: &mut $Conn = &mut obj;
-                    conn.transaction(async |$conn| {
-                        let start: &str = $read_start;
-                        if !start.is_empty() {
-                            diesel_async::SimpleAsyncConnection::batch_execute(&mut *$conn, start).await?;
-                        }
-                        let $config: &$crate::db::StorageConfig = &config;
-                        let _ = $config;
-                        $body
-                    })
-                    .await
-                })
-                .await
-            }};
-        }
-
         /// One write transaction on `conn` (`|conn| body`) at the write isolation level, run
         /// again when the engine rolled it back to settle a conflict (`retry::SQL`).
         macro_rules! write_transaction {
@@ -149,164 +120,57 @@ macro_rules! pooled_backend {
             }};
         }
 
-        /// A write unit of work on `(uid, collection)`: `|conn, scope, config| body`, run
-        /// again when the engine rolled it back to settle a conflict (`retry::SQL`).
-        macro_rules! write_unit {
-            ($self:ident, $uid:expr, $collection:expr, |$conn:ident, $scope:ident, $config:ident| $body:expr) => {{
-                let pool = $self.pool.clone();
-                let settings = $self.settings.clone();
-                let config = $self.config.clone();
-                let uid: i64 = $uid;
-                let collection: Option<String> = $collection;
-                $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
-                    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-                    let mut obj = connection(&pool, &settings).await?;
-                    let conn: &mut $Conn = &mut obj;
-                    if let Some(name) = &collection {
-                        // The global name mapping is made in its own statement, so that two
-                        // writers creating it at once cannot fail each other's units of work.
-                        if ops::get_or_create_collection_id(conn, name).await.is_err() {
-                            ops::collection_id(conn, name).await?;
-                        }
-                    }
-                    write_transaction!(conn, |$conn| {
-                        let scope = ops::begin_write($conn, uid, collection.as_deref()).await?;
-                        let $scope = &scope;
-                        let $config: &$crate::db::StorageConfig = &config;
-                        let _ = $config;
-                        $body
-                    })
-                })
-                .await
-            }};
-        }
-
         #[async_trait::async_trait]
-        impl $crate::db::StorageDb for $Storage {
-            async fn info(
-                &self,
-                user: &$crate::db::UserId,
-                kind: $crate::db::InfoKind,
-                precondition: $crate::protocol::Precondition,
-            ) -> $crate::error::ApiResult<$crate::db::Info> {
-                let uid = user.legacy_id as i64;
-                read_unit!(self, |conn, _config| ops::info(conn, uid, kind, precondition).await)
-            }
-
-            async fn get_bsos(&self, params: $crate::db::GetBsos) -> $crate::error::ApiResult<$crate::db::BsoPage> {
-                read_unit!(self, |conn, config| ops::get_bsos(conn, config, params.clone()).await)
-            }
-
-            async fn stream_bsos(&self, params: $crate::db::GetBsos) -> $crate::error::ApiResult<$crate::db::listing::BsoStream> {
-                        let (tx, rx) = $crate::db::listing::channel();
+        impl $crate::db::tx::Backend for $Storage {
+            /// One read transaction on one snapshot, on a task of its own.
+            async fn read(&self, op: $crate::db::units::ReadOp) -> $crate::error::ApiResult<$crate::db::units::ReadOut> {
                 let pool = self.pool.clone();
                 let settings = self.settings.clone();
                 let config = self.config.clone();
-                // On a task of its own: the read goes on while the response is sent, holding
-                // its connection and snapshot at most `listing::STALL` per chunk.
-                tokio::spawn(async move {
-                    let result = async {
-                        use diesel_async::AsyncConnection;
-                        let mut obj = connection(&pool, &settings).await?;
-                        let conn: &mut $Conn = &mut obj;
-                        conn.transaction(async |conn| {
-                            let start: &str = $read_start;
-                            if !start.is_empty() {
-                                diesel_async::SimpleAsyncConnection::batch_execute(&mut *conn, start).await?;
-                            }
-                            ops::stream_bsos(conn, &config, params.clone(), &tx).await
-                        })
-                        .await
-                    }
-                    .await;
-                    if let Err(e) = result {
-                        let _ = $crate::db::listing::send(&tx, Err(e)).await;
-                    }
-                });
-                $crate::db::listing::receive(rx).await
-            }
-
-            async fn get_bso(&self, params: $crate::db::BsoRef) -> $crate::error::ApiResult<$crate::protocol::Bso> {
-                read_unit!(self, |conn, _config| ops::get_bso(conn, params.clone()).await)
-            }
-
-            async fn put_bso(&self, params: $crate::db::PutBso) -> $crate::error::ApiResult<$crate::protocol::SyncTimestamp> {
-                let (uid, collection) = (params.target.user.legacy_id as i64, params.target.collection.clone());
-                write_unit!(self, uid, Some(collection), |conn, scope, config| ops::put_bso(
-                    conn,
-                    scope,
-                    config,
-                    params.clone()
-                )
-                .await)
-            }
-
-            async fn post_bsos(&self, params: $crate::db::PostBsos) -> $crate::error::ApiResult<$crate::db::PostResult> {
-                let (uid, collection) = (params.target.user.legacy_id as i64, params.target.collection.clone());
-                write_unit!(self, uid, Some(collection), |conn, scope, config| ops::post_bsos(
-                    conn,
-                    scope,
-                    config,
-                    params.clone()
-                )
-                .await)
-            }
-
-            async fn delete_bso(&self, params: $crate::db::BsoRef) -> $crate::error::ApiResult<$crate::protocol::SyncTimestamp> {
-                let (uid, collection) = (params.user.legacy_id as i64, params.collection.clone());
-                write_unit!(self, uid, Some(collection), |conn, scope, config| ops::delete_bso(
-                    conn,
-                    scope,
-                    config,
-                    params.clone()
-                )
-                .await)
-            }
-
-            async fn delete_bsos(&self, params: $crate::db::DeleteBsos) -> $crate::error::ApiResult<$crate::protocol::SyncTimestamp> {
-                let (uid, collection) = (params.target.user.legacy_id as i64, params.target.collection.clone());
-                write_unit!(self, uid, Some(collection), |conn, scope, config| ops::delete_bsos(
-                    conn,
-                    scope,
-                    config,
-                    params.clone()
-                )
-                .await)
-            }
-
-            async fn delete_collection(
-                &self,
-                params: $crate::db::CollectionRef,
-            ) -> $crate::error::ApiResult<$crate::db::DeletedCollection> {
-                let (uid, collection) = (params.user.legacy_id as i64, params.collection.clone());
-                write_unit!(self, uid, Some(collection), |conn, scope, _config| ops::delete_collection(
-                    conn,
-                    scope,
-                    params.clone()
-                )
-                .await)
-            }
-
-            async fn delete_storage(
-                &self,
-                user: &$crate::db::UserId,
-                precondition: $crate::protocol::Precondition,
-            ) -> $crate::error::ApiResult<$crate::protocol::SyncTimestamp> {
-                let uid = user.legacy_id as i64;
-                write_unit!(self, uid, None, |conn, scope, _config| ops::delete_storage(conn, scope.uid, precondition)
-                    .await)
-            }
-
-            async fn check(&self) -> $crate::error::ApiResult<()> {
-                let pool = self.pool.clone();
-                let settings = self.settings.clone();
                 $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
+                    use diesel_async::AsyncConnection;
                     let mut obj = connection(&pool, &settings).await?;
-                    ops::ping(&mut obj).await
+                    let conn: &mut $Conn = &mut obj;
+                    conn.transaction(async |conn| {
+                        let start: &str = $read_start;
+                        if !start.is_empty() {
+                            diesel_async::SimpleAsyncConnection::batch_execute(&mut *conn, start).await?;
+                        }
+                        $crate::db::units::read(&mut $crate::db::sql::SqlTx(conn), &config, op).await
+                    })
+                    .await
                 })
                 .await
             }
 
+            /// One write transaction, run again on a conflict (`retry::SQL`), on a task of
+            /// its own so that a client going away cannot leave it half-done.
+            async fn write(&self, op: $crate::db::units::WriteOp) -> $crate::error::ApiResult<$crate::db::units::WriteOut> {
+                let pool = self.pool.clone();
+                let settings = self.settings.clone();
+                let config = self.config.clone();
+                $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
+                    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+                    use $crate::db::tx::WriteTx;
+                    let mut obj = connection(&pool, &settings).await?;
+                    let conn: &mut $Conn = &mut obj;
+                    if let (_, Some(name)) = op.target() {
+                        // The global name mapping is made in its own statement, so that two
+                        // writers creating it at once cannot fail each other's units of work.
+                        let mut tx = $crate::db::sql::SqlTx(&mut *conn);
+                        if tx.get_or_create_collection_id(name).await.is_err() {
+                            $crate::db::tx::ReadTx::collection_id(&mut tx, name).await?;
+                        }
+                    }
+                    let op = &op;
+                    let config = &config;
+                    write_transaction!(conn, |tx| $crate::db::units::write(&mut $crate::db::sql::SqlTx(tx), config, op).await)
+                })
+                .await
+            }
+
+            /// One short write transaction, like any other write: its own isolation level,
+            /// run again on a conflict (`retry::SQL`), answered within the deadline.
             async fn purge_expired_chunk(
                 &self,
                 now: $crate::protocol::SyncTimestamp,
@@ -314,13 +178,11 @@ macro_rules! pooled_backend {
             ) -> $crate::error::ApiResult<$crate::db::PurgeStats> {
                 let pool = self.pool.clone();
                 let settings = self.settings.clone();
-                // One short write transaction, like any other write: its own isolation level,
-                // run again on a conflict (`retry::SQL`), answered within the deadline.
                 $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
                     use diesel_async::{AsyncConnection, SimpleAsyncConnection};
                     let mut obj = connection(&pool, &settings).await?;
                     let conn: &mut $Conn = &mut obj;
-                    write_transaction!(conn, |tx| ops::purge_expired_chunk(tx, now, i64::from(max_rows)).await)
+                    write_transaction!(conn, |tx| $crate::db::sql::SqlTx(tx).purge_expired_chunk(now, i64::from(max_rows)).await)
                 })
                 .await
             }
@@ -339,42 +201,6 @@ macro_rules! pooled_backend {
 }
 pub(crate) use pooled_backend;
 
-/// `lock_collection_ts` for the server engines, around the backend's `insert_placeholder`:
-/// locks the user's collection row (`FOR UPDATE`) until the transaction ends. Neither engine
-/// locks a row that does not exist, so a missing row is first created as an invisible
-/// placeholder, and the first writers of a new collection serialize too. The placeholder is
-/// inserted only when missing: on MySQL, `INSERT IGNORE` over an existing row takes a shared
-/// lock that concurrent writers would then deadlock upgrading.
-macro_rules! locking_collection_ts {
-    () => {
-        async fn lock_collection_ts(
-            conn: &mut Conn,
-            uid: i64,
-            cid: i32,
-        ) -> QueryResult<Option<SyncTimestamp>> {
-            async fn locked(
-                conn: &mut Conn,
-                uid: i64,
-                cid: i32,
-            ) -> QueryResult<Option<SyncTimestamp>> {
-                Ok(user_collections::table
-                    .find((uid, cid))
-                    .select(user_collections::last_modified)
-                    .for_update()
-                    .first::<Ms>(conn)
-                    .await
-                    .optional()?
-                    .map(|Ms(ms)| SyncTimestamp::from_i64(ms)))
-            }
-            if let Some(ts) = locked(conn, uid, cid).await? {
-                return Ok(Some(ts));
-            }
-            insert_placeholder(conn, uid, cid).await?;
-            locked(conn, uid, cid).await
-        }
-    };
-}
-pub(crate) use locking_collection_ts;
 
 /// Defines `connection(pool, settings)`: checks out a connection of type `$Conn`, giving up after
 /// the pool timeout with a 503 (the database is down or saturated: clients retry later).

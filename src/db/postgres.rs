@@ -23,54 +23,63 @@ crate::db::pooled::pooled_backend!(
     read_start = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 );
 
-/// The shared operations, compiled for diesel-async's PostgreSQL connection, and this layout's
-/// records and batches.
-mod ops {
-    use diesel::prelude::Insertable;
+/// Upstream's pre-touched row, which every read ignores; the foreign keys need it too.
+async fn insert_placeholder(
+    conn: &mut AsyncPgConnection,
+    uid: i64,
+    cid: i32,
+) -> diesel::QueryResult<usize> {
+    use diesel::ExpressionMethods;
     use diesel_async::RunQueryDsl;
+    use layout::{Ms, PRE_TOUCH_MS, user_collections};
+    diesel::insert_into(user_collections::table)
+        .values((
+            user_collections::userid.eq(uid),
+            user_collections::collection.eq(cid),
+            user_collections::last_modified.eq(Ms(PRE_TOUCH_MS)),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await
+}
 
-    use crate::db::sql::schema_pg::{batch_bsos, batches};
+crate::db::sql::statements::sql_statements!(
+    conn = AsyncPgConnection,
+    db = diesel::pg::Pg,
+    schema = crate::db::sql::schema_pg,
+    // Bytes, not characters.
+    bytes_sum = "SUM(octet_length(payload))::BIGINT",
+    lock = rows(insert_placeholder),
+    run = diesel_async::RunQueryDsl,
+    [.await]
+);
 
-    pub type Conn = diesel_async::AsyncPgConnection;
+/// This layout's records and batches (`BatchTables`): UUID batches in `batches`, their records
+/// in `batch_bsos`, which go with their batch (ON DELETE CASCADE).
+mod layout {
+    use diesel::dsl::{count_star, sql};
+    use diesel::prelude::Insertable;
+    use diesel::sql_types::{BigInt, Nullable};
+    use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
+    use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+    pub use crate::db::sql::Ms;
+    use crate::db::rules::{COMMIT_CHUNK, Staged};
+    use crate::db::sql::schema_pg::{batch_bsos, batches, bso};
+    pub use crate::db::sql::schema_pg::user_collections;
+    use crate::db::sql::{BatchTables, CHUNK, SqlTx};
+    use crate::db::tx::Scope;
+    use crate::error::{ApiError, ApiResult};
+    use crate::protocol::{BsoUpdate, StoredBso, batch_id};
+
+    type Conn = AsyncPgConnection;
     type Db = diesel::pg::Pg;
-
-    /// Bytes, not characters.
-    const BSO_BYTES_SUM: &str = "SUM(octet_length(payload))::BIGINT";
+    type BatchKey = uuid::Uuid;
 
     /// 0001-01-01T00:00:00Z: upstream's marker for a row that exists only for the foreign keys.
-    const PRE_TOUCH_MS: i64 = -62_135_596_800_000;
+    pub const PRE_TOUCH_MS: i64 = -62_135_596_800_000;
+    const BSO_BYTES_SUM: &str = "SUM(octet_length(payload))::BIGINT";
 
-    /// Upstream's pre-touched row, which every read ignores; the foreign keys need it too.
-    async fn insert_placeholder(conn: &mut Conn, uid: i64, cid: i32) -> QueryResult<usize> {
-        diesel::insert_into(user_collections::table)
-            .values((
-                user_collections::userid.eq(uid),
-                user_collections::collection.eq(cid),
-                user_collections::last_modified.eq(Ms(PRE_TOUCH_MS)),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)
-            .await
-    }
-
-    crate::db::pooled::locking_collection_ts!();
-
-    async fn pause(ms: u64) {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
-
-    async fn emit(
-        out: &crate::db::listing::ListingSender,
-        item: crate::error::ApiResult<crate::db::listing::Listing>,
-    ) -> crate::error::ApiResult<()> {
-        crate::db::listing::send(out, item).await
-    }
-
-    crate::db::sql::ops::storage_ops!(schema = crate::db::sql::schema_pg, [async] [.await]);
-
-    // ---- this layout's records and batches ----
-
-    pub type BatchKey = uuid::Uuid;
 
     #[derive(Insertable)]
     #[diesel(table_name = bso)]
@@ -96,13 +105,22 @@ mod ops {
         ttl: Option<i64>,
     }
 
+    fn staged_query(scope: &Scope<i64>, batch: BatchKey) -> batch_bsos::BoxedQuery<'static, Db> {
+        batch_bsos::table
+            .filter(batch_bsos::user_id.eq(scope.user))
+            .filter(batch_bsos::collection_id.eq(scope.cid))
+            .filter(batch_bsos::batch_id.eq(batch))
+            .into_boxed()
+    }
+
+    impl BatchTables for SqlTx<'_, Conn> {
+        type Batch = BatchKey;
+
     /// Inserts rows whose ids are known to be absent.
-    async fn insert_bso_rows(
-        conn: &mut Conn,
-        uid: i64,
+    async fn insert_bso_rows(&mut self, uid: i64,
         cid: i32,
         rows: &[StoredBso],
-    ) -> QueryResult<()> {
+    ) -> ApiResult<()> {
         let values: Vec<NewBso<'_>> = rows
             .iter()
             .map(|r| NewBso {
@@ -117,59 +135,57 @@ mod ops {
             .collect();
         diesel::insert_into(bso::table)
             .values(values)
-            .execute(conn)
+            .execute(&mut *self.0)
             .await?;
         Ok(())
     }
 
     /// Upstream's form: a hyphenated UUIDv4.
-    fn encode_batch(key: BatchKey) -> String {
+    fn encode_batch(key: &BatchKey) -> String {
         key.hyphenated().to_string()
     }
 
     /// Staged records go with their batch (ON DELETE CASCADE).
-    async fn drop_batch(conn: &mut Conn, scope: &WriteScope, key: BatchKey) -> QueryResult<()> {
+    async fn drop_batch(&mut self, scope: &Scope<i64>, key: &BatchKey) -> ApiResult<()> {
         diesel::delete(
             batches::table
-                .filter(batches::user_id.eq(scope.uid))
+                .filter(batches::user_id.eq(scope.user))
                 .filter(batches::collection_id.eq(scope.cid))
-                .filter(batches::batch_id.eq(key)),
+                .filter(batches::batch_id.eq(*key)),
         )
-        .execute(conn)
+        .execute(&mut *self.0)
         .await?;
         Ok(())
     }
 
-    async fn drop_collection_batches(conn: &mut Conn, uid: i64, cid: i32) -> QueryResult<()> {
+    async fn drop_collection_batches(&mut self, uid: i64, cid: i32) -> ApiResult<()> {
         diesel::delete(
             batches::table
                 .filter(batches::user_id.eq(uid))
                 .filter(batches::collection_id.eq(cid)),
         )
-        .execute(conn)
+        .execute(&mut *self.0)
         .await?;
         Ok(())
     }
 
-    async fn drop_user_batches(conn: &mut Conn, uid: i64) -> QueryResult<()> {
+    async fn drop_user_batches(&mut self, uid: i64) -> ApiResult<()> {
         diesel::delete(batches::table.filter(batches::user_id.eq(uid)))
-            .execute(conn)
+            .execute(&mut *self.0)
             .await?;
         Ok(())
     }
 
     /// Up to `max_rows` expired batches, by key: (batches, 0); their staged records go with
     /// them (ON DELETE CASCADE), at most max_total_records each.
-    async fn purge_batches(
-        conn: &mut Conn,
-        now: i64,
+    async fn purge_batches(&mut self, now: i64,
         max_rows: i64,
-    ) -> QueryResult<(usize, usize)> {
+    ) -> ApiResult<(usize, usize)> {
         let keys: Vec<(i64, i32, uuid::Uuid)> = batches::table
             .filter(batches::expiry.le(Ms(now)))
             .select((batches::user_id, batches::collection_id, batches::batch_id))
             .limit(max_rows)
-            .load(conn)
+            .load(&mut *self.0)
             .await?;
         let mut deleted = 0;
         for (uid, cid, id) in keys {
@@ -179,26 +195,16 @@ mod ops {
                     .filter(batches::collection_id.eq(cid))
                     .filter(batches::batch_id.eq(id)),
             )
-            .execute(conn)
+            .execute(&mut *self.0)
             .await?;
         }
         Ok((deleted, 0))
     }
 
-    fn staged_query(scope: &WriteScope, batch: BatchKey) -> batch_bsos::BoxedQuery<'static, Db> {
-        batch_bsos::table
-            .filter(batch_bsos::user_id.eq(scope.uid))
-            .filter(batch_bsos::collection_id.eq(scope.cid))
-            .filter(batch_bsos::batch_id.eq(batch))
-            .into_boxed()
-    }
-
-    async fn staged_items(
-        conn: &mut Conn,
-        scope: &WriteScope,
-        batch: BatchKey,
+    async fn staged_items(&mut self, scope: &Scope<i64>,
+        batch: &BatchKey,
         which: Staged<'_>,
-    ) -> QueryResult<Vec<BsoUpdate>> {
+    ) -> ApiResult<Vec<BsoUpdate>> {
         type Row = (String, Option<i32>, Option<String>, Option<i64>);
         let columns = (
             batch_bsos::batch_bso_id,
@@ -209,7 +215,7 @@ mod ops {
         let mut rows: Vec<Row> = Vec::new();
         match which {
             Staged::After(after) => {
-                let mut query = staged_query(scope, batch);
+                let mut query = staged_query(scope, *batch);
                 if let Some(after) = after {
                     query = query.filter(batch_bsos::batch_bso_id.gt(after.to_owned()));
                 }
@@ -217,15 +223,15 @@ mod ops {
                     .select(columns)
                     .order(batch_bsos::batch_bso_id)
                     .limit(COMMIT_CHUNK)
-                    .load(conn)
+                    .load(&mut *self.0)
                     .await?
             }
             Staged::Ids(ids) => {
                 for chunk in ids.chunks(CHUNK) {
-                    let found: Vec<Row> = staged_query(scope, batch)
+                    let found: Vec<Row> = staged_query(scope, *batch)
                         .filter(batch_bsos::batch_bso_id.eq_any(chunk))
                         .select(columns)
-                        .load(conn)
+                        .load(&mut *self.0)
                         .await?;
                     rows.extend(found);
                 }
@@ -242,29 +248,27 @@ mod ops {
             .collect())
     }
 
-    async fn put_staged(
-        conn: &mut Conn,
-        scope: &WriteScope,
-        batch: BatchKey,
+    async fn put_staged(&mut self, scope: &Scope<i64>,
+        batch: &BatchKey,
         merged: &[BsoUpdate],
-    ) -> QueryResult<()> {
+    ) -> ApiResult<()> {
         for chunk in merged.chunks(CHUNK) {
             let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
             diesel::delete(
                 batch_bsos::table
-                    .filter(batch_bsos::user_id.eq(scope.uid))
+                    .filter(batch_bsos::user_id.eq(scope.user))
                     .filter(batch_bsos::collection_id.eq(scope.cid))
-                    .filter(batch_bsos::batch_id.eq(batch))
+                    .filter(batch_bsos::batch_id.eq(*batch))
                     .filter(batch_bsos::batch_bso_id.eq_any(chunk_ids)),
             )
-            .execute(conn)
+            .execute(&mut *self.0)
             .await?;
             let values: Vec<NewBatchBso<'_>> = chunk
                 .iter()
                 .map(|u| NewBatchBso {
-                    user_id: scope.uid,
+                    user_id: scope.user,
                     collection_id: scope.cid,
-                    batch_id: batch,
+                    batch_id: *batch,
                     batch_bso_id: &u.id,
                     sortindex: u.sortindex,
                     payload: u.payload.as_deref(),
@@ -273,34 +277,32 @@ mod ops {
                 .collect();
             diesel::insert_into(batch_bsos::table)
                 .values(values)
-                .execute(conn)
+                .execute(&mut *self.0)
                 .await?;
         }
         Ok(())
     }
 
-    async fn staged_totals(
-        conn: &mut Conn,
-        scope: &WriteScope,
-        batch: BatchKey,
-    ) -> QueryResult<(i64, i64)> {
-        let (records, bytes): (i64, Option<i64>) = staged_query(scope, batch)
+    async fn staged_totals(&mut self, scope: &Scope<i64>,
+        batch: &BatchKey,
+    ) -> ApiResult<(i64, i64)> {
+        let (records, bytes): (i64, Option<i64>) = staged_query(scope, *batch)
             .select((count_star(), sql::<Nullable<BigInt>>(BSO_BYTES_SUM)))
-            .first(conn)
+            .first(&mut *self.0)
             .await?;
         Ok((records, bytes.unwrap_or(0)))
     }
 
     /// The batch if it exists for this user and collection and has not expired.
-    async fn find_batch(conn: &mut Conn, scope: &WriteScope, id: &str) -> ApiResult<BatchKey> {
+    async fn find_batch(&mut self, scope: &Scope<i64>, id: &str) -> ApiResult<BatchKey> {
         let key = uuid::Uuid::parse_str(id.trim())
             .map_err(|_| ApiError::bad_request("invalid batch id"))?;
         let expiry: Option<Ms> = batches::table
-            .filter(batches::user_id.eq(scope.uid))
+            .filter(batches::user_id.eq(scope.user))
             .filter(batches::collection_id.eq(scope.cid))
             .filter(batches::batch_id.eq(key))
             .select(batches::expiry)
-            .first(conn)
+            .first(&mut *self.0)
             .await
             .optional()?;
         match expiry {
@@ -309,18 +311,19 @@ mod ops {
         }
     }
 
-    async fn create_batch(conn: &mut Conn, scope: &WriteScope) -> ApiResult<BatchKey> {
+    async fn create_batch(&mut self, scope: &Scope<i64>) -> ApiResult<BatchKey> {
         // The collection row exists: begin_write locked (and if need be created) it.
         let key = uuid::Uuid::new_v4();
         diesel::insert_into(batches::table)
             .values((
-                batches::user_id.eq(scope.uid),
+                batches::user_id.eq(scope.user),
                 batches::collection_id.eq(scope.cid),
                 batches::batch_id.eq(key),
                 batches::expiry.eq(Ms(scope.t.as_i64() + batch_id::BATCH_LIFETIME_MS)),
             ))
-            .execute(conn)
+            .execute(&mut *self.0)
             .await?;
         Ok(key)
+    }
     }
 }

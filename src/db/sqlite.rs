@@ -12,18 +12,13 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-use super::PurgeStats;
 use super::fault::DbFault;
-use super::listing;
-use super::sql::PoolSettings;
-use super::sql::ops::WriteScope;
-use super::{
-    BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoKind,
-    PoolState, PostBsos, PostResult, PutBso, StorageConfig, StorageDb, UserId,
-};
+use super::sql::{PoolSettings, SqlTx};
+use super::tx::Backend;
+use super::units::{self, ReadOp, ReadOut, WriteOp, WriteOut};
+use super::{PoolState, PurgeStats, StorageConfig};
 use crate::error::{ApiError, ApiResult};
-use crate::protocol::{Bso, Precondition, SyncTimestamp};
-use ops::Conn;
+use crate::protocol::SyncTimestamp;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -182,17 +177,9 @@ impl SqliteStorage {
         })
     }
 
-    async fn blocking<T, F>(&self, f: F) -> ApiResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Conn, &StorageConfig) -> ApiResult<T> + Send + 'static,
-    {
-        self.blocking_within(self.deadline, f).await
-    }
-
-    /// On a blocking thread; the client gets 503 after `deadline` while the work itself
+    /// On a blocking thread; the client gets 503 after the deadline while the work itself
     /// finishes (commit or rollback) on its thread.
-    async fn blocking_within<T, F>(&self, deadline: Duration, f: F) -> ApiResult<T>
+    async fn blocking<T, F>(&self, f: F) -> ApiResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Conn, &StorageConfig) -> ApiResult<T> + Send + 'static,
@@ -203,7 +190,7 @@ impl SqliteStorage {
             let mut conn = pool.get()?;
             f(&mut conn, &config)
         });
-        match tokio::time::timeout(deadline, task).await {
+        match tokio::time::timeout(self.deadline, task).await {
             Ok(joined) => {
                 joined.map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
             }
@@ -211,148 +198,56 @@ impl SqliteStorage {
         }
     }
 
-    /// A read-only unit of work on one snapshot.
-    async fn read<T, F>(&self, f: F) -> ApiResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Conn, &StorageConfig) -> ApiResult<T> + Send + 'static,
-    {
-        self.blocking(move |conn, config| conn.transaction(|conn| f(conn, config)))
+    /// A write's turn: writers of this process queue here (never in SQLite's busy handler);
+    /// the wait counts toward the deadline.
+    async fn write_turn(&self) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
+        tokio::time::timeout(self.deadline, self.write_lock.clone().lock_owned())
             .await
+            .map_err(|_| super::pooled::too_slow())
+    }
+}
+
+/// The units of work run on a blocking thread: SQLite's statements are synchronous, so the
+/// generic (async) unit is driven there with `block_on`, and never waits on I/O of its own.
+fn block_on<T>(unit: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Handle::current().block_on(unit)
+}
+
+#[async_trait]
+impl Backend for SqliteStorage {
+    /// One read transaction: a WAL snapshot that never waits on writers.
+    async fn read(&self, op: ReadOp) -> ApiResult<ReadOut> {
+        self.blocking(move |conn, config| {
+            conn.transaction(|conn| block_on(units::read(&mut SqlTx(conn), config, op)))
+        })
+        .await
     }
 
-    /// A write unit of work: queue behind other writers, `BEGIN IMMEDIATE`, lock the collection
-    /// and pick T. Preconditions are the caller's, evaluated against the resource it writes.
-    async fn write<T, F>(&self, user: &UserId, collection: Option<String>, f: F) -> ApiResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Conn, &WriteScope, &StorageConfig) -> ApiResult<T> + Send + 'static,
-    {
-        let uid = user.legacy_id as i64;
-        // Waiting for the writers ahead counts toward the deadline too.
-        let turn = tokio::time::timeout(self.deadline, self.write_lock.clone().lock_owned())
-            .await
-            .map_err(|_| super::pooled::too_slow())?;
+    /// Queue behind this process's writers, then `BEGIN IMMEDIATE`.
+    async fn write(&self, op: WriteOp) -> ApiResult<WriteOut> {
+        let turn = self.write_turn().await?;
         self.blocking(move |conn, config| {
             // Held until the transaction ends, even if the request is dropped meanwhile.
             let _turn = turn;
             write_transaction(conn, |conn| {
-                let scope = ops::begin_write(conn, uid, collection.as_deref())?;
-                f(conn, &scope, config)
+                block_on(units::write(&mut SqlTx(conn), config, &op))
             })
         })
         .await
     }
-}
 
-#[async_trait]
-impl StorageDb for SqliteStorage {
-    async fn info(
-        &self,
-        user: &UserId,
-        kind: InfoKind,
-        precondition: Precondition,
-    ) -> ApiResult<Info> {
-        let uid = user.legacy_id as i64;
-        self.read(move |conn, _| ops::info(conn, uid, kind, precondition))
-            .await
-    }
-
-    async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage> {
-        self.read(move |conn, config| ops::get_bsos(conn, config, params))
-            .await
-    }
-
-    async fn stream_bsos(&self, params: GetBsos) -> ApiResult<listing::BsoStream> {
-        let (tx, rx) = listing::channel();
-        let pool = self.pool.clone();
-        let config = self.config.clone();
-        // The read holds its WAL snapshot while the client reads, at most `listing::STALL`
-        // per chunk.
-        tokio::task::spawn_blocking(move || {
-            let result = pool.get().map_err(ApiError::from).and_then(|mut conn| {
-                conn.transaction(|conn| ops::stream_bsos(conn, &config, params, &tx))
-            });
-            if let Err(e) = result {
-                let _ = listing::send_blocking(&tx, Err(e));
-            }
-        });
-        listing::receive(rx).await
-    }
-
-    async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {
-        self.read(move |conn, _| ops::get_bso(conn, params)).await
-    }
-
-    async fn put_bso(&self, params: PutBso) -> ApiResult<SyncTimestamp> {
-        let (user, collection) = (params.target.user.clone(), params.target.collection.clone());
-        self.write(&user, Some(collection), move |conn, scope, config| {
-            ops::put_bso(conn, scope, config, params)
-        })
-        .await
-    }
-
-    async fn post_bsos(&self, params: PostBsos) -> ApiResult<PostResult> {
-        let (user, collection) = (params.target.user.clone(), params.target.collection.clone());
-        self.write(&user, Some(collection), move |conn, scope, config| {
-            ops::post_bsos(conn, scope, config, params)
-        })
-        .await
-    }
-
-    async fn delete_bso(&self, params: BsoRef) -> ApiResult<SyncTimestamp> {
-        let (user, collection) = (params.user.clone(), params.collection.clone());
-        self.write(&user, Some(collection), move |conn, scope, config| {
-            ops::delete_bso(conn, scope, config, params)
-        })
-        .await
-    }
-
-    async fn delete_bsos(&self, params: DeleteBsos) -> ApiResult<SyncTimestamp> {
-        let (user, collection) = (params.target.user.clone(), params.target.collection.clone());
-        self.write(&user, Some(collection), move |conn, scope, config| {
-            ops::delete_bsos(conn, scope, config, params)
-        })
-        .await
-    }
-
-    async fn delete_collection(&self, params: CollectionRef) -> ApiResult<DeletedCollection> {
-        let (user, collection) = (params.user.clone(), params.collection.clone());
-        self.write(&user, Some(collection), move |conn, scope, _| {
-            ops::delete_collection(conn, scope, params)
-        })
-        .await
-    }
-
-    async fn delete_storage(
-        &self,
-        user: &UserId,
-        precondition: Precondition,
-    ) -> ApiResult<SyncTimestamp> {
-        self.write(user, None, move |conn, scope, _| {
-            ops::delete_storage(conn, scope.uid, precondition)
-        })
-        .await
-    }
-
-    async fn check(&self) -> ApiResult<()> {
-        self.blocking(|conn, _| ops::ping(conn)).await
-    }
-
+    /// A short write like any other: queued behind this process's writers, within the
+    /// deadline.
     async fn purge_expired_chunk(
         &self,
         now: SyncTimestamp,
         max_rows: u32,
     ) -> ApiResult<PurgeStats> {
-        // A short write like any other: queued behind this process's writers, within the
-        // deadline.
-        let turn = tokio::time::timeout(self.deadline, self.write_lock.clone().lock_owned())
-            .await
-            .map_err(|_| super::pooled::too_slow())?;
+        let turn = self.write_turn().await?;
         self.blocking(move |conn, _| {
             let _turn = turn;
             write_transaction(conn, |conn| {
-                ops::purge_expired_chunk(conn, now, i64::from(max_rows))
+                block_on(SqlTx(conn).purge_expired_chunk(now, i64::from(max_rows)))
             })
         })
         .await
@@ -368,40 +263,26 @@ impl StorageDb for SqliteStorage {
     }
 }
 
-/// The shared operations, compiled for SQLite (synchronous; run on blocking threads).
-mod ops {
-    use diesel::RunQueryDsl;
+/// A connection to the database file.
+pub type Conn = diesel::SqliteConnection;
 
-    pub type Conn = diesel::SqliteConnection;
-    type Db = diesel::sqlite::Sqlite;
-
-    /// Payload bytes (written by us on every insert).
-    const BSO_BYTES_SUM: &str = "SUM(payload_size)";
-    const STAGED_BYTES_SUM: &str = "SUM(payload_size)";
-
-    /// The write transaction is already `BEGIN IMMEDIATE`: the whole database is locked.
-    fn lock_collection_ts(
-        conn: &mut Conn,
-        uid: i64,
-        cid: i32,
-    ) -> QueryResult<Option<SyncTimestamp>> {
-        collection_ts(conn, uid, cid)
-    }
-
-    fn pause(ms: u64) {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
-
-    fn emit(
-        out: &crate::db::listing::ListingSender,
-        item: crate::error::ApiResult<crate::db::listing::Listing>,
-    ) -> crate::error::ApiResult<()> {
-        crate::db::listing::send_blocking(out, item)
-    }
-
-    crate::db::sql::ops::storage_ops!(schema = crate::db::sql::schema, [] []);
-    crate::db::sql::mysql_layout::mysql_layout_ops!([] []);
-}
+crate::db::sql::statements::sql_statements!(
+    conn = diesel::SqliteConnection,
+    db = diesel::sqlite::Sqlite,
+    schema = crate::db::sql::schema,
+    // Payload bytes (written by us on every insert).
+    bytes_sum = "SUM(payload_size)",
+    lock = file,
+    run = diesel::RunQueryDsl,
+    []
+);
+crate::db::sql::mysql_layout::mysql_layout!(
+    conn = diesel::SqliteConnection,
+    db = diesel::sqlite::Sqlite,
+    staged_bytes_sum = "SUM(payload_size)",
+    run = diesel::RunQueryDsl,
+    []
+);
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 //! Spanner aborts it, and answered with 503 + Retry-After when it keeps being aborted.
 
 mod ddl;
-mod ops;
+mod statements;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +16,12 @@ use gcloud_gax::retry::TryAs;
 use gcloud_spanner::client::{Client, ClientConfig};
 use gcloud_spanner::statement::Statement;
 
-use super::{
-    BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoKind,
-    PoolState, PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, StorageDb, UserId, listing,
-};
+use super::tx::Backend;
+use super::units::{self, ReadOp, ReadOut, WriteOp, WriteOut};
+use super::{PoolState, PurgeStats, StorageConfig};
 use crate::error::{ApiError, ApiResult};
-use crate::protocol::{Bso, Precondition, SyncTimestamp};
+use crate::protocol::SyncTimestamp;
+use statements::SpannerTx;
 
 pub use ddl::migrate;
 
@@ -176,70 +176,6 @@ impl SpannerStorage {
     }
 }
 
-/// A read-only unit of work on one strong snapshot: `|tx, config| body`.
-macro_rules! read_unit {
-    ($self:ident, |$tx:ident, $config:ident| $body:expr) => {{
-        // A read-only transaction holds no locks: past the deadline it is simply dropped.
-        tokio::time::timeout($self.deadline, async {
-            let mut ro = $self
-                .client
-                .read_only_transaction()
-                .await
-                .map_err(client_error)?;
-            let $tx: &mut gcloud_spanner::transaction::Transaction = &mut ro;
-            let $config: &StorageConfig = &$self.config;
-            let _ = $config;
-            $body
-        })
-        .await
-        .unwrap_or_else(|_| Err(timed_out()))
-    }};
-}
-
-/// A write unit of work on `(user, collection)`: `|tx, scope, config| body`, run again when
-/// Spanner aborted it (it was rolled back whole).
-macro_rules! write_unit {
-    ($self:ident, $user:expr, $collection:expr, |$tx:ident, $scope:ident, $config:ident| $body:expr) => {{
-        let user: &UserId = $user;
-        let collection: Option<&str> = $collection;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // Every step is bounded: an unreachable Spanner is a 503, never a hang.
-            let mut rw =
-                tokio::time::timeout($self.deadline, $self.client.begin_read_write_transaction())
-                    .await
-                    .map_err(|_| timed_out())?
-                    .map_err(client_error)?;
-            let body = async {
-                let $tx: &mut gcloud_spanner::transaction_rw::ReadWriteTransaction = &mut rw;
-                let scope = ops::begin_write($tx, user, collection)
-                    .await
-                    .map_err(TxError)?;
-                let $scope = &scope;
-                let $config: &StorageConfig = &$self.config;
-                let _ = $config;
-                $body.map_err(TxError)
-            };
-            // Past the deadline the body is abandoned and the transaction rolled back (never
-            // left open holding its locks); the commit itself is bounded by the RPC timeout.
-            let result: Result<_, TxError> = tokio::time::timeout($self.deadline, body)
-                .await
-                .unwrap_or_else(|_| Err(TxError(timed_out())));
-            let ended = tokio::time::timeout($self.deadline, rw.end(result, None))
-                .await
-                .unwrap_or_else(|_| Err(TxError(timed_out())));
-            match ended {
-                Ok((_, value)) => break Ok(value),
-                Err(TxError(e)) => match SPANNER_RETRIES.next_delay(attempt, &e.kind) {
-                    Some(wait) => tokio::time::sleep(wait).await,
-                    None => break Err(e),
-                },
-            }
-        }
-    }};
-}
-
 /// What a unit of work needs, owned, so that it can run on a task of its own.
 #[derive(Clone)]
 struct Handle {
@@ -248,7 +184,7 @@ struct Handle {
     deadline: Duration,
 }
 
-fn timed_out() -> ApiError {
+pub(crate) fn timed_out() -> ApiError {
     DbFault::Deadline.error("spanner did not answer in time")
 }
 
@@ -264,121 +200,74 @@ impl SpannerStorage {
 
 /// Units of work run detached: a transaction is always committed or rolled back, even when
 /// the client goes away (an abandoned one would hold its locks until Spanner expires it).
-macro_rules! detached_unit {
-    ($self:ident, $this:ident => $($body:tt)*) => {{
-        let $this = $self.handle();
-        // Each step of a Spanner unit of work has its own deadline (`read_unit!`, the write
-        // loop), so the task as a whole is not bounded again here.
-        crate::db::pooled::detached(std::time::Duration::MAX, async move {
-            let $this = &$this;
-            $($body)*
+/// Every step is bounded by the deadline: an unreachable Spanner is a 503, never a hang.
+#[async_trait]
+impl Backend for SpannerStorage {
+    /// A strong read-only transaction (it holds no locks). A listing's pace is the client's,
+    /// so only its statements are bounded, not the whole.
+    async fn read(&self, op: ReadOp) -> ApiResult<ReadOut> {
+        let this = self.handle();
+        let whole = if op.is_stream() {
+            Duration::MAX
+        } else {
+            this.deadline
+        };
+        crate::db::pooled::detached(whole, async move {
+            let mut ro = tokio::time::timeout(this.deadline, this.client.read_only_transaction())
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(client_error)?;
+            let mut tx = SpannerTx {
+                tx: &mut ro,
+                step: this.deadline,
+            };
+            units::read(&mut tx, &this.config, op).await
         })
         .await
-    }};
-}
-
-#[async_trait]
-impl StorageDb for SpannerStorage {
-    async fn info(
-        &self,
-        user: &UserId,
-        kind: InfoKind,
-        precondition: Precondition,
-    ) -> ApiResult<Info> {
-        let user = user.clone();
-        detached_unit!(self, this => read_unit!(this, |tx, _config| ops::info(tx, &user, kind, precondition).await))
     }
 
-    async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage> {
-        detached_unit!(self, this => read_unit!(this, |tx, config| ops::get_bsos(tx, config, &params).await))
-    }
-
-    async fn stream_bsos(&self, params: GetBsos) -> ApiResult<listing::BsoStream> {
-        let (tx, rx) = listing::channel();
+    /// One read-write transaction, run again when Spanner aborted it (it was rolled back
+    /// whole), as `retry::SPANNER` says.
+    async fn write(&self, op: WriteOp) -> ApiResult<WriteOut> {
         let this = self.handle();
-        // Detached: the read goes on while the response is sent; a read-only transaction
-        // holds no locks, and each of its reads is bounded by the deadline.
-        tokio::spawn(async move {
-            let result = async {
-                let mut ro =
-                    tokio::time::timeout(this.deadline, this.client.read_only_transaction())
+        crate::db::pooled::detached(Duration::MAX, async move {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let mut rw = tokio::time::timeout(
+                    this.deadline,
+                    this.client.begin_read_write_transaction(),
+                )
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(client_error)?;
+                let body = async {
+                    let mut tx = SpannerTx {
+                        tx: &mut rw,
+                        step: this.deadline,
+                    };
+                    units::write(&mut tx, &this.config, &op)
                         .await
-                        .map_err(|_| timed_out())?
-                        .map_err(client_error)?;
-                ops::stream_bsos(&mut ro, &this.config, &params, &tx, this.deadline).await
+                        .map_err(TxError)
+                };
+                // Past the deadline the body is abandoned and the transaction rolled back
+                // (never left open holding its locks); the commit itself is bounded too.
+                let result: Result<_, TxError> = tokio::time::timeout(this.deadline, body)
+                    .await
+                    .unwrap_or_else(|_| Err(TxError(timed_out())));
+                let ended = tokio::time::timeout(this.deadline, rw.end(result, None))
+                    .await
+                    .unwrap_or_else(|_| Err(TxError(timed_out())));
+                match ended {
+                    Ok((_, value)) => break Ok(value),
+                    Err(TxError(e)) => match SPANNER_RETRIES.next_delay(attempt, &e.kind) {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => break Err(e),
+                    },
+                }
             }
-            .await;
-            if let Err(e) = result {
-                let _ = listing::send(&tx, Err(e)).await;
-            }
-        });
-        listing::receive(rx).await
-    }
-
-    async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {
-        detached_unit!(self, this => read_unit!(this, |tx, _config| ops::get_bso(tx, &params).await))
-    }
-
-    async fn put_bso(&self, params: PutBso) -> ApiResult<SyncTimestamp> {
-        detached_unit!(self, this => {
-            let target = &params.target;
-            write_unit!(this, &target.user, Some(target.collection.as_str()), |tx, scope, config| {
-                ops::put_bso(tx, scope, config, &params).await
-            })
         })
-    }
-
-    async fn post_bsos(&self, params: PostBsos) -> ApiResult<PostResult> {
-        detached_unit!(self, this => {
-            let target = &params.target;
-            write_unit!(this, &target.user, Some(target.collection.as_str()), |tx, scope, config| {
-                ops::post_bsos(tx, scope, config, &params).await
-            })
-        })
-    }
-
-    async fn delete_bso(&self, params: BsoRef) -> ApiResult<SyncTimestamp> {
-        detached_unit!(self, this => {
-            write_unit!(this, &params.user, Some(params.collection.as_str()), |tx, scope, config| {
-                ops::delete_bso(tx, scope, config, &params).await
-            })
-        })
-    }
-
-    async fn delete_bsos(&self, params: DeleteBsos) -> ApiResult<SyncTimestamp> {
-        detached_unit!(self, this => {
-            let target = &params.target;
-            write_unit!(this, &target.user, Some(target.collection.as_str()), |tx, scope, config| {
-                ops::delete_bsos(tx, scope, config, &params).await
-            })
-        })
-    }
-
-    async fn delete_collection(&self, params: CollectionRef) -> ApiResult<DeletedCollection> {
-        detached_unit!(self, this => {
-            write_unit!(this, &params.user, Some(params.collection.as_str()), |tx, scope, _config| {
-                ops::delete_collection(tx, scope, &params).await
-            })
-        })
-    }
-
-    async fn delete_storage(
-        &self,
-        user: &UserId,
-        precondition: Precondition,
-    ) -> ApiResult<SyncTimestamp> {
-        let user = user.clone();
-        detached_unit!(self, this => {
-            write_unit!(this, &user, None, |tx, _scope, _config| ops::delete_storage(tx, &user, precondition).await)
-        })
-    }
-
-    async fn check(&self) -> ApiResult<()> {
-        detached_unit!(self, this => read_unit!(this, |tx, _config| {
-            let mut iter = tx.query(Statement::new("SELECT 1")).await.map_err(status_error)?;
-            iter.next().await.map_err(status_error)?;
-            Ok(())
-        }))
+        .await
     }
 
     /// Spanner's row deletion policies purge expired rows by themselves; this does it now,
@@ -390,7 +279,8 @@ impl StorageDb for SpannerStorage {
         now: SyncTimestamp,
         _max_rows: u32,
     ) -> ApiResult<PurgeStats> {
-        detached_unit!(self, this => {
+        let this = self.handle();
+        crate::db::pooled::detached(Duration::MAX, async move {
             let now = now.as_i64();
             let mut removed = [0i64; 2];
             for (i, table) in ["bsos", "batches"].iter().enumerate() {
@@ -398,7 +288,11 @@ impl StorageDb for SpannerStorage {
                     "DELETE FROM {table} WHERE expiry <= TIMESTAMP_MILLIS(@now)"
                 ));
                 stmt.add_param("now", &now);
-                removed[i] = this.client.partitioned_update(stmt).await.map_err(client_error)?;
+                removed[i] = this
+                    .client
+                    .partitioned_update(stmt)
+                    .await
+                    .map_err(client_error)?;
             }
             Ok(PurgeStats {
                 bsos: removed[0].max(0) as usize,
@@ -406,6 +300,7 @@ impl StorageDb for SpannerStorage {
                 staged: 0,
             })
         })
+        .await
     }
 
     fn pool_state(&self) -> PoolState {

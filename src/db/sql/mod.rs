@@ -1,14 +1,108 @@
-//! Diesel code shared by the SQL backends: the schema, the storage operations and the mapping
-//! of database failures to protocol errors.
+//! Diesel code shared by the SQL backends: the schemas, the statements of the `tx` contract
+//! (`statements`), what differs between table layouts (`BatchTables`), and the mapping of
+//! database failures to protocol errors.
 
 pub mod mysql_layout;
-pub mod ops;
 pub mod pg_types;
 pub mod schema;
 pub mod schema_pg;
+pub mod statements;
+
+use std::future::Future;
 
 use crate::db::fault::DbFault;
-use crate::error::ApiError;
+use crate::db::rules::Staged;
+use crate::db::tx::Scope;
+use crate::error::{ApiError, ApiResult};
+use crate::protocol::{BsoUpdate, StoredBso};
+
+/// Rows per statement, well under every engine's bound-variable limit.
+pub const CHUNK: usize = 500;
+
+/// A diesel connection inside the transaction its engine opened: the SQL engines' `ReadTx` and
+/// `WriteTx` (`statements`).
+pub struct SqlTx<'a, C>(pub &'a mut C);
+
+/// A timestamp column's value in ms: BIGINT on SQLite and MySQL, TIMESTAMPTZ on PostgreSQL
+/// (see `pg_types`), so the shared statements compare and store timestamps one way.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, diesel::AsExpression, diesel::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::BigInt)]
+#[diesel(sql_type = pg_types::Millis)]
+pub struct Ms(pub i64);
+
+/// A record row: id, payload, sortindex, modified, expiry.
+pub type BsoRow = (String, String, Option<i32>, Ms, Ms);
+
+pub fn stored((id, payload, sortindex, Ms(modified), Ms(expiry)): BsoRow) -> StoredBso {
+    StoredBso {
+        id,
+        payload,
+        sortindex,
+        modified,
+        expiry,
+    }
+}
+
+/// What a table layout adds to the shared statements: record inserts and the batch tables
+/// (`mysql_layout` for SQLite and MySQL; PostgreSQL's in `postgres.rs`).
+pub trait BatchTables: Send {
+    type Batch: Send + Sync;
+    /// A batch key as the client sees it.
+    fn encode_batch(batch: &Self::Batch) -> String;
+    /// Inserts records whose ids are known to be absent.
+    fn insert_bso_rows(
+        &mut self,
+        uid: i64,
+        cid: i32,
+        rows: &[StoredBso],
+    ) -> impl Future<Output = ApiResult<()>> + Send;
+    fn find_batch(
+        &mut self,
+        scope: &Scope<i64>,
+        id: &str,
+    ) -> impl Future<Output = ApiResult<Self::Batch>> + Send;
+    fn create_batch(
+        &mut self,
+        scope: &Scope<i64>,
+    ) -> impl Future<Output = ApiResult<Self::Batch>> + Send;
+    fn staged_items(
+        &mut self,
+        scope: &Scope<i64>,
+        batch: &Self::Batch,
+        which: Staged<'_>,
+    ) -> impl Future<Output = ApiResult<Vec<BsoUpdate>>> + Send;
+    fn put_staged(
+        &mut self,
+        scope: &Scope<i64>,
+        batch: &Self::Batch,
+        merged: &[BsoUpdate],
+    ) -> impl Future<Output = ApiResult<()>> + Send;
+    fn staged_totals(
+        &mut self,
+        scope: &Scope<i64>,
+        batch: &Self::Batch,
+    ) -> impl Future<Output = ApiResult<(i64, i64)>> + Send;
+    fn drop_batch(
+        &mut self,
+        scope: &Scope<i64>,
+        batch: &Self::Batch,
+    ) -> impl Future<Output = ApiResult<()>> + Send;
+    fn drop_collection_batches(
+        &mut self,
+        uid: i64,
+        cid: i32,
+    ) -> impl Future<Output = ApiResult<()>> + Send;
+    fn drop_user_batches(&mut self, uid: i64) -> impl Future<Output = ApiResult<()>> + Send;
+    /// One purge step over every user's batches: (batches, staged records) deleted, each at
+    /// most `max_rows`.
+    fn purge_batches(
+        &mut self,
+        now: i64,
+        max_rows: i64,
+    ) -> impl Future<Output = ApiResult<(usize, usize)>> + Send;
+}
 
 /// Pool settings (SPEC 4.4 names under `syncstorage.`).
 #[derive(Debug, Clone)]

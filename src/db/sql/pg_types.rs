@@ -6,7 +6,7 @@ use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::{BigInt, SqlOrd};
 
-use super::ops::Ms;
+use super::Ms;
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01), in ms.
 const PG_EPOCH_MS: i64 = 946_684_800_000;

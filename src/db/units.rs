@@ -1,0 +1,714 @@
+//! Every unit of work, written once for every engine over the `tx` traits: the steps a write
+//! shares (lock the user, preconditions, quota, T, apply, finish) and the reads. An engine's
+//! `Backend` runs them as ops (`ReadOp`, `WriteOp`: owned values, so a unit of work can run on
+//! a task or a thread of its own), and `StorageDb` is implemented here, once, for every
+//! `Backend`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+
+use crate::db::listing::{self, Listing, ListingSender};
+use crate::db::rules::{self, Staged, TOMBSTONE};
+use crate::db::tx::{Backend, ReadTx, Scope, WriteTx};
+use crate::db::{
+    BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody,
+    InfoKind, PoolState, PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, StorageDb,
+    UserId, not_found,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::protocol::bso::{ModifiedRule, apply_update};
+use crate::protocol::{
+    BatchRequest, Bso, BsoQuery, BsoUpdate, Offset, Precondition, StoredBso, SyncTimestamp,
+};
+
+/// A read unit of work, as a value.
+#[derive(Debug, Clone)]
+pub enum ReadOp {
+    Info {
+        user: UserId,
+        kind: InfoKind,
+        precondition: Precondition,
+    },
+    GetBsos(GetBsos),
+    /// A listing sent through `out` as it is read; errors go there too.
+    Stream(GetBsos, ListingSender),
+    GetBso(BsoRef),
+    Ping,
+}
+
+impl ReadOp {
+    /// A listing's pace is the client's: the engine bounds each read, not the whole unit.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, ReadOp::Stream(..))
+    }
+}
+
+#[derive(Debug)]
+pub enum ReadOut {
+    Info(Info),
+    Page(BsoPage),
+    Bso(Bso),
+    Done,
+}
+
+/// A write unit of work, as a value.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Put(PutBso),
+    Post(PostBsos),
+    DeleteBso(BsoRef),
+    DeleteBsos(DeleteBsos),
+    DeleteCollection(CollectionRef),
+    DeleteStorage {
+        user: UserId,
+        precondition: Precondition,
+    },
+}
+
+impl WriteOp {
+    /// Whose data and which collection (none: the whole storage) the write locks.
+    pub fn target(&self) -> (&UserId, Option<&str>) {
+        fn of(c: &CollectionRef) -> (&UserId, Option<&str>) {
+            (&c.user, Some(c.collection.as_str()))
+        }
+        match self {
+            WriteOp::Put(p) => of(&p.target),
+            WriteOp::Post(p) => of(&p.target),
+            WriteOp::DeleteBso(b) => (&b.user, Some(b.collection.as_str())),
+            WriteOp::DeleteBsos(d) => of(&d.target),
+            WriteOp::DeleteCollection(c) => of(c),
+            WriteOp::DeleteStorage { user, .. } => (user, None),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum WriteOut {
+    Timestamp(SyncTimestamp),
+    Post(PostResult),
+    Deleted(DeletedCollection),
+}
+
+/// Runs a read op on `tx`.
+pub async fn read<T: ReadTx>(tx: &mut T, config: &StorageConfig, op: ReadOp) -> ApiResult<ReadOut> {
+    Ok(match op {
+        ReadOp::Info {
+            user,
+            kind,
+            precondition,
+        } => ReadOut::Info(info(tx, &user, kind, precondition).await?),
+        ReadOp::GetBsos(params) => ReadOut::Page(get_bsos(tx, config, &params).await?),
+        ReadOp::Stream(params, out) => {
+            if let Err(e) = stream_bsos(tx, config, &params, &out).await {
+                let _ = listing::send(&out, Err(e)).await;
+            }
+            ReadOut::Done
+        }
+        ReadOp::GetBso(params) => ReadOut::Bso(get_bso(tx, &params).await?),
+        ReadOp::Ping => {
+            tx.ping().await?;
+            ReadOut::Done
+        }
+    })
+}
+
+/// Runs a write op on `tx`: lock the user and pick T (`begin_write`), then the op's unit.
+pub async fn write<T: WriteTx>(
+    tx: &mut T,
+    config: &StorageConfig,
+    op: &WriteOp,
+) -> ApiResult<WriteOut> {
+    let (user, collection) = op.target();
+    let scope = begin_write(tx, user, collection).await?;
+    Ok(match op {
+        WriteOp::Put(p) => WriteOut::Timestamp(put_bso(tx, &scope, config, p).await?),
+        WriteOp::Post(p) => WriteOut::Post(post_bsos(tx, &scope, config, p).await?),
+        WriteOp::DeleteBso(b) => WriteOut::Timestamp(delete_bso(tx, &scope, config, b).await?),
+        WriteOp::DeleteBsos(d) => WriteOut::Timestamp(delete_bsos(tx, &scope, config, d).await?),
+        WriteOp::DeleteCollection(c) => {
+            WriteOut::Deleted(delete_collection(tx, &scope, c.precondition).await?)
+        }
+        WriteOp::DeleteStorage { precondition, .. } => {
+            WriteOut::Timestamp(delete_storage(tx, &scope, *precondition).await?)
+        }
+    })
+}
+
+// ---- reads ----
+
+fn modified_of(bso: &Option<StoredBso>) -> SyncTimestamp {
+    bso.as_ref()
+        .map_or(SyncTimestamp::ZERO, |b| SyncTimestamp::from_i64(b.modified))
+}
+
+async fn named<T: ReadTx, V>(tx: &mut T, rows: Vec<(i32, V)>) -> ApiResult<BTreeMap<String, V>> {
+    let names: HashMap<i32, String> = tx
+        .collection_names(rows.iter().map(|(c, _)| *c).collect())
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(c, v)| names.get(&c).map(|n| (n.clone(), v)))
+        .collect())
+}
+
+async fn usage_bytes<T: ReadTx>(tx: &mut T, user: &T::User, now: SyncTimestamp) -> ApiResult<i64> {
+    Ok(tx.record_bytes(user, now).await?.iter().map(|(_, b)| b).sum())
+}
+
+pub async fn info<T: ReadTx>(
+    tx: &mut T,
+    user: &UserId,
+    kind: InfoKind,
+    precondition: Precondition,
+) -> ApiResult<Info> {
+    let user = T::user_key(user)?;
+    let storage_ts = tx.storage_ts(&user).await?;
+    precondition.check(storage_ts)?;
+    let now = SyncTimestamp::now();
+    let body = match kind {
+        InfoKind::Collections => {
+            let rows = tx.visible_collections(&user).await?;
+            InfoBody::Timestamps(named(tx, rows).await?)
+        }
+        InfoKind::Counts => {
+            let rows = tx.record_counts(&user, now).await?;
+            InfoBody::Counts(named(tx, rows).await?)
+        }
+        InfoKind::Usage => {
+            let rows = tx.record_bytes(&user, now).await?;
+            let kib = rows.into_iter().map(|(c, b)| (c, b as f64 / 1024.0)).collect();
+            InfoBody::Usage(named(tx, kib).await?)
+        }
+        InfoKind::Quota => InfoBody::Quota(usage_bytes(tx, &user, now).await? as f64 / 1024.0),
+    };
+    Ok(Info { storage_ts, body })
+}
+
+/// One page of a listing; `max_records` caps every page.
+async fn list_page<T: ReadTx>(
+    tx: &mut T,
+    user: &T::User,
+    cid: i32,
+    q: &BsoQuery,
+    now: SyncTimestamp,
+    max_records: u32,
+) -> ApiResult<(Vec<Bso>, Option<Offset>)> {
+    let limit = q.limit.unwrap_or(max_records).min(max_records);
+    let rows = tx.list_bsos(user, cid, q, limit, now).await?;
+    Ok(rules::finish_page(rows, limit, q))
+}
+
+fn page(collection_ts: SyncTimestamp, (items, next_offset): (Vec<Bso>, Option<Offset>)) -> BsoPage {
+    BsoPage {
+        collection_ts,
+        items,
+        next_offset,
+    }
+}
+
+/// The collection and its timestamp, after the precondition; `None`: no such collection.
+async fn read_collection<T: ReadTx>(
+    tx: &mut T,
+    target: &CollectionRef,
+) -> ApiResult<Option<(T::User, i32, SyncTimestamp)>> {
+    let user = T::user_key(&target.user)?;
+    let Some(cid) = tx.collection_id(&target.collection).await? else {
+        target.precondition.check(SyncTimestamp::ZERO)?;
+        return Ok(None);
+    };
+    let ts = tx.collection_ts(&user, cid).await?.unwrap_or_default();
+    target.precondition.check(ts)?;
+    Ok(Some((user, cid, ts)))
+}
+
+pub async fn get_bsos<T: ReadTx>(
+    tx: &mut T,
+    config: &StorageConfig,
+    params: &GetBsos,
+) -> ApiResult<BsoPage> {
+    let Some((user, cid, ts)) = read_collection(tx, &params.target).await? else {
+        return Ok(page(SyncTimestamp::ZERO, (vec![], None)));
+    };
+    let max = config.limits.max_total_records;
+    let found = list_page(tx, &user, cid, &params.query, SyncTimestamp::now(), max).await?;
+    Ok(page(ts, found))
+}
+
+/// A listing sent as it is read (`db::listing`): a page within one chunk in one read; a bigger
+/// full page as its head, then the records in chunks. All from this transaction's snapshot and
+/// one `now` (so expiry cannot change the page between chunks).
+pub async fn stream_bsos<T: ReadTx>(
+    tx: &mut T,
+    config: &StorageConfig,
+    params: &GetBsos,
+    out: &ListingSender,
+) -> ApiResult<()> {
+    let now = SyncTimestamp::now();
+    let max = config.limits.max_total_records;
+    let q = &params.query;
+    let Some((user, cid, ts)) = read_collection(tx, &params.target).await? else {
+        let page = page(SyncTimestamp::ZERO, (vec![], None));
+        return listing::send(out, Ok(Listing::Head { page, more: false })).await;
+    };
+    let page_limit = q.limit.unwrap_or(max).min(max);
+    let n = listing::first_chunk(q, max);
+    let first_q = if q.full {
+        listing::chunk_query(q, q.offset, n)
+    } else {
+        q.clone()
+    };
+    let (first, next) = list_page(tx, &user, cid, &first_q, now, max).await?;
+    if !q.full || next.is_none() || n == page_limit {
+        // The whole page: one read, as without streaming.
+        let page = page(ts, (first, next));
+        return listing::send(out, Ok(Listing::Head { page, more: false })).await;
+    }
+    let head = page(ts, list_page(tx, &user, cid, &listing::head_query(q), now, max).await?);
+    let total = head.items.len();
+    listing::send(out, Ok(Listing::Head { page: head, more: true })).await?;
+    let (mut sent, mut offset) = (first.len(), next);
+    listing::send(out, Ok(Listing::Records(first))).await?;
+    while let (Some(from), Some(n)) = (offset, listing::next_chunk(total, sent)) {
+        let chunk_q = listing::chunk_query(q, from, n);
+        let (items, next) = list_page(tx, &user, cid, &chunk_q, now, max).await?;
+        if items.is_empty() {
+            break;
+        }
+        sent += items.len();
+        offset = next;
+        listing::send(out, Ok(Listing::Records(items))).await?;
+    }
+    Ok(())
+}
+
+/// The record and its timestamp; 404 when absent or expired.
+pub async fn get_bso<T: ReadTx>(tx: &mut T, params: &BsoRef) -> ApiResult<Bso> {
+    let user = T::user_key(&params.user)?;
+    let found = match tx.collection_id(&params.collection).await? {
+        Some(cid) => {
+            tx.get_live_bso(&user, cid, &params.id, SyncTimestamp::now())
+                .await?
+        }
+        None => None,
+    };
+    params.precondition.check(modified_of(&found))?;
+    found.map(Bso::from).ok_or_else(not_found)
+}
+
+// ---- the steps every write shares ----
+
+/// Locks the user (every write of the user takes this lock first, so they serialize),
+/// resolves the collection (creating its name mapping and, when missing, its placeholder row)
+/// and picks a T later than every timestamp of the user.
+pub async fn begin_write<T: WriteTx>(
+    tx: &mut T,
+    user: &UserId,
+    collection: Option<&str>,
+) -> ApiResult<Scope<T::User>> {
+    let user = T::user_key(user)?;
+    tx.lock_user(&user).await?;
+    // Read after the lock: every other writer of this user has committed by now.
+    let rows = tx.user_collections(&user).await?;
+    let cid = match collection {
+        Some(name) => tx.get_or_create_collection_id(name).await?,
+        None => -1,
+    };
+    let (storage_ts, collection_ts) = rules::user_timestamps(
+        rows.into_iter().map(|(c, ms)| (i64::from(c), ms)),
+        i64::from(cid),
+    );
+    let collection_ts = match collection_ts {
+        Some(ts) => ts,
+        // A new collection: its (placeholder) row, which records and batches need.
+        None if collection.is_some() => tx.add_collection(&user, cid).await?,
+        None => SyncTimestamp::ZERO,
+    };
+    let floor = storage_ts.max(collection_ts);
+    let mut t = SyncTimestamp::now();
+    if let Some(ms) = rules::clock_wait(floor, t)? {
+        tx.pause(ms).await;
+        t = SyncTimestamp::now();
+        rules::ensure_later(floor, t)?;
+    }
+    Ok(Scope {
+        user,
+        cid,
+        t,
+        collection_ts,
+    })
+}
+
+/// The quota rule (`rules::check_quota`) against the user's committed usage.
+async fn check_quota<T: ReadTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    config: &StorageConfig,
+    staged: i64,
+) -> ApiResult<()> {
+    if !config.enable_quota {
+        return Ok(());
+    }
+    let used = usage_bytes(tx, &scope.user, scope.t).await?;
+    rules::check_quota(config, used, staged)
+}
+
+/// Applies updates at T with the partial-update rules.
+async fn apply_updates<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    updates: &[BsoUpdate],
+    rule: ModifiedRule,
+) -> ApiResult<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
+    let existing = tx.load_existing(&scope.user, scope.cid, &ids).await?;
+    let rows: Vec<StoredBso> = updates
+        .iter()
+        .map(|u| apply_update(existing.get(&u.id), u, scope.t, rule))
+        .collect();
+    tx.write_rows(&scope.user, scope.cid, &rows).await
+}
+
+/// Bumps the collection to T (and its quota counters).
+async fn finish_write<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    config: &StorageConfig,
+) -> ApiResult<SyncTimestamp> {
+    tx.touch_collection(&scope.user, scope.cid, scope.t).await?;
+    if config.enable_quota {
+        tx.refresh_counters(scope).await?;
+    }
+    Ok(scope.t)
+}
+
+// ---- batches ----
+
+/// Stages `updates`, merging field by field with what the batch already holds, and keeps the
+/// batch within max_total_records / max_total_bytes (400, code 17) and the quota.
+async fn stage<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    config: &StorageConfig,
+    batch: &T::Batch,
+    updates: &[BsoUpdate],
+) -> ApiResult<()> {
+    let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
+    let staged = tx.staged_items(scope, batch, Staged::Ids(&ids)).await?;
+    let merged = rules::merge_staged(staged, updates);
+    tx.put_staged(scope, batch, &merged).await?;
+    let (records, bytes) = tx.staged_totals(scope, batch).await?;
+    rules::check_batch_totals(&config.limits, records, bytes)?;
+    // Staged bytes count toward quota; re-sent ids replaced their earlier bytes above.
+    check_quota(tx, scope, config, bytes).await
+}
+
+/// Applies everything staged, and the commit request's own records, with one T (every record
+/// gets modified = T), then drops the batch.
+///
+/// The commit request's records are merged with the staged ones in memory, not staged first:
+/// that saves writing them twice (and on Spanner, the mutations of the one commit transaction,
+/// whose budget a full batch already uses up). Staged records are read chunk by chunk, so
+/// memory does not grow with the batch. The limits and quota are checked on the whole, at the
+/// end: it is one transaction, so a limit exceeded rolls all of it back.
+async fn commit_batch<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    config: &StorageConfig,
+    batch: &T::Batch,
+    last: &[BsoUpdate],
+) -> ApiResult<SyncTimestamp> {
+    // Committed usage before this batch lands, for the quota rule at the end.
+    let used = if config.enable_quota {
+        usage_bytes(tx, &scope.user, scope.t).await?
+    } else {
+        0
+    };
+    let mut pending: HashMap<&str, &BsoUpdate> =
+        last.iter().map(|u| (u.id.as_str(), u)).collect();
+    let (mut records, mut bytes) = (0i64, 0i64);
+    let mut after: Option<String> = None;
+    loop {
+        let chunk = tx
+            .staged_items(scope, batch, Staged::After(after.as_deref()))
+            .await?;
+        let Some(tail) = chunk.last() else { break };
+        after = Some(tail.id.clone());
+        let merged: Vec<BsoUpdate> = chunk
+            .into_iter()
+            .map(|u| match pending.remove(u.id.as_str()) {
+                Some(newer) => u.merged_with(newer),
+                None => u,
+            })
+            .collect();
+        records += merged.len() as i64;
+        bytes += merged.iter().map(|u| u.payload_bytes() as i64).sum::<i64>();
+        apply_updates(tx, scope, &merged, ModifiedRule::Always).await?;
+    }
+    let rest: Vec<BsoUpdate> = last
+        .iter()
+        .filter(|u| pending.contains_key(u.id.as_str()))
+        .cloned()
+        .collect();
+    records += rest.len() as i64;
+    bytes += rest.iter().map(|u| u.payload_bytes() as i64).sum::<i64>();
+    apply_updates(tx, scope, &rest, ModifiedRule::Always).await?;
+    rules::check_batch_totals(&config.limits, records, bytes)?;
+    if config.enable_quota {
+        rules::check_quota(config, used, bytes)?;
+    }
+    tx.drop_batch(scope, batch).await?;
+    finish_write(tx, scope, config).await
+}
+
+// ---- the write units ----
+
+pub async fn put_bso<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    config: &StorageConfig,
+    params: &PutBso,
+) -> ApiResult<SyncTimestamp> {
+    let existing = tx
+        .get_live_bso(&scope.user, scope.cid, &params.bso.id, scope.t)
+        .await?;
+    params.target.precondition.check(modified_of(&existing))?;
+    check_quota(tx, scope, config, 0).await?;
+    let update = std::slice::from_ref(&params.bso);
+    apply_updates(tx, scope, update, ModifiedRule::WhenContentChanges).await?;
+    finish_write(tx, scope, config).await
+}
+
+/// A POST: plain, or one step of a batch upload.
+pub async fn post_bsos<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    config: &StorageConfig,
+    params: &PostBsos,
+) -> ApiResult<PostResult> {
+    params.target.precondition.check(scope.collection_ts)?;
+    let items = &params.items;
+    let success: Vec<String> = items.valid.iter().map(|u| u.id.clone()).collect();
+    let (last_modified, batch) = match &params.batch {
+        BatchRequest::None => {
+            check_quota(tx, scope, config, 0).await?;
+            apply_updates(tx, scope, &items.valid, ModifiedRule::WhenContentChanges).await?;
+            (finish_write(tx, scope, config).await?, None)
+        }
+        BatchRequest::Start => {
+            let batch = tx.create_batch(scope).await?;
+            stage(tx, scope, config, &batch, &items.valid).await?;
+            (scope.collection_ts, Some(T::encode_batch(&batch)))
+        }
+        BatchRequest::Append(id) => {
+            let batch = tx.find_batch(scope, id).await?;
+            stage(tx, scope, config, &batch, &items.valid).await?;
+            (scope.collection_ts, Some(id.clone()))
+        }
+        BatchRequest::Commit(id) => {
+            let batch = tx.find_batch(scope, id).await?;
+            let t = commit_batch(tx, scope, config, &batch, &items.valid).await?;
+            (t, None)
+        }
+    };
+    Ok(PostResult {
+        last_modified,
+        batch,
+        success,
+        failed: items.failed.clone(),
+    })
+}
+
+/// Deletes a live record; 404 when absent or expired.
+pub async fn delete_bso<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    config: &StorageConfig,
+    params: &BsoRef,
+) -> ApiResult<SyncTimestamp> {
+    let existing = tx
+        .get_live_bso(&scope.user, scope.cid, &params.id, scope.t)
+        .await?;
+    params.precondition.check(modified_of(&existing))?;
+    if existing.is_none() {
+        return Err(not_found());
+    }
+    let id = std::slice::from_ref(&params.id);
+    tx.delete_rows(&scope.user, scope.cid, id).await?;
+    finish_write(tx, scope, config).await
+}
+
+pub async fn delete_bsos<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    config: &StorageConfig,
+    params: &DeleteBsos,
+) -> ApiResult<SyncTimestamp> {
+    params.target.precondition.check(scope.collection_ts)?;
+    tx.delete_rows(&scope.user, scope.cid, &params.ids).await?;
+    finish_write(tx, scope, config).await
+}
+
+/// Removes the collection and leaves the tombstone at T, so the storage timestamp never goes
+/// backwards while the user has data.
+pub async fn delete_collection<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    precondition: Precondition,
+) -> ApiResult<DeletedCollection> {
+    precondition.check(scope.collection_ts)?;
+    // A placeholder (a batch opened, nothing committed) is not a collection yet.
+    let existed = scope.collection_ts > SyncTimestamp::ZERO;
+    tx.delete_collection_rows(&scope.user, scope.cid).await?;
+    if existed {
+        // The user is locked (`begin_write`): no other delete moves the tombstone meanwhile.
+        let tombstone = tx
+            .collection_ts(&scope.user, TOMBSTONE)
+            .await?
+            .unwrap_or_default();
+        tx.touch_collection(&scope.user, TOMBSTONE, tombstone.max(scope.t))
+            .await?;
+    }
+    let storage_ts = tx.storage_ts(&scope.user).await?;
+    Ok(DeletedCollection {
+        previous_ts: scope.collection_ts,
+        storage_ts,
+    })
+}
+
+/// Returns the storage timestamp before the delete.
+pub async fn delete_storage<T: WriteTx>(
+    tx: &mut T,
+    scope: &Scope<T::User>,
+    precondition: Precondition,
+) -> ApiResult<SyncTimestamp> {
+    let before = tx.storage_ts(&scope.user).await?;
+    precondition.check(before)?;
+    tx.delete_user_rows(&scope.user).await?;
+    Ok(before)
+}
+
+// ---- StorageDb, once for every engine ----
+
+fn unexpected() -> ApiError {
+    ApiError::internal("unit of work returned another kind of result")
+}
+
+#[async_trait]
+impl<B: Backend> StorageDb for B {
+    async fn info(
+        &self,
+        user: &UserId,
+        kind: InfoKind,
+        precondition: Precondition,
+    ) -> ApiResult<Info> {
+        let op = ReadOp::Info {
+            user: user.clone(),
+            kind,
+            precondition,
+        };
+        match self.read(op).await? {
+            ReadOut::Info(info) => Ok(info),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn get_bsos(&self, params: GetBsos) -> ApiResult<BsoPage> {
+        match self.read(ReadOp::GetBsos(params)).await? {
+            ReadOut::Page(page) => Ok(page),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn stream_bsos(&self, params: GetBsos) -> ApiResult<listing::BsoStream> {
+        let (tx, rx) = listing::channel();
+        // The engine runs the listing on a task of its own, which goes on after the head is
+        // here; an engine failure before the unit of work starts comes back from `read`.
+        let read = self.read(ReadOp::Stream(params, tx));
+        let head = listing::receive(rx);
+        tokio::pin!(read, head);
+        tokio::select! {
+            head = &mut head => head,
+            done = &mut read => match done {
+                Err(e) => Err(e),
+                Ok(_) => head.await,
+            },
+        }
+    }
+
+    async fn get_bso(&self, params: BsoRef) -> ApiResult<Bso> {
+        match self.read(ReadOp::GetBso(params)).await? {
+            ReadOut::Bso(bso) => Ok(bso),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn put_bso(&self, params: PutBso) -> ApiResult<SyncTimestamp> {
+        match self.write(WriteOp::Put(params)).await? {
+            WriteOut::Timestamp(t) => Ok(t),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn post_bsos(&self, params: PostBsos) -> ApiResult<PostResult> {
+        match self.write(WriteOp::Post(params)).await? {
+            WriteOut::Post(result) => Ok(result),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_bso(&self, params: BsoRef) -> ApiResult<SyncTimestamp> {
+        match self.write(WriteOp::DeleteBso(params)).await? {
+            WriteOut::Timestamp(t) => Ok(t),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_bsos(&self, params: DeleteBsos) -> ApiResult<SyncTimestamp> {
+        match self.write(WriteOp::DeleteBsos(params)).await? {
+            WriteOut::Timestamp(t) => Ok(t),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_collection(&self, params: CollectionRef) -> ApiResult<DeletedCollection> {
+        match self.write(WriteOp::DeleteCollection(params)).await? {
+            WriteOut::Deleted(d) => Ok(d),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_storage(
+        &self,
+        user: &UserId,
+        precondition: Precondition,
+    ) -> ApiResult<SyncTimestamp> {
+        let op = WriteOp::DeleteStorage {
+            user: user.clone(),
+            precondition,
+        };
+        match self.write(op).await? {
+            WriteOut::Timestamp(t) => Ok(t),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn check(&self) -> ApiResult<()> {
+        self.read(ReadOp::Ping).await.map(|_| ())
+    }
+
+    async fn purge_expired_chunk(
+        &self,
+        now: SyncTimestamp,
+        max_rows: u32,
+    ) -> ApiResult<PurgeStats> {
+        Backend::purge_expired_chunk(self, now, max_rows).await
+    }
+
+    fn pool_state(&self) -> PoolState {
+        Backend::pool_state(self)
+    }
+}
