@@ -208,7 +208,7 @@ fn migrate(settings: Settings) -> Result<(), String> {
         if url.starts_with("sqlite:") && settings.tokenserver.database_url.is_none() {
             syncserver::settings::create_private_dir(&settings.data_dir)?;
         }
-        syncserver::db::tokenserver::open_tokenserver_db(&url, &pool)?;
+        syncserver::tokenserver::db::open_tokenserver_db(&url, &pool)?;
         eprintln!(
             "syncserver: tokenserver migrations applied to {}",
             redact_url(&url)

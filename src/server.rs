@@ -138,7 +138,7 @@ async fn open_tokenserver(
     if url.starts_with("sqlite:") && ts.database_url.is_none() {
         crate::settings::create_private_dir(&settings.data_dir)?;
     }
-    let db = db::tokenserver::open_tokenserver_db(&url, &ts.pool())?;
+    let db = crate::tokenserver::db::open_tokenserver_db(&url, &ts.pool())?;
     let node = public_url(settings, addr);
     let node_type = ts
         .node_type

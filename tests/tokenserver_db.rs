@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use common::backends::ScratchDatabase;
 use common::db::{AnyConnection, NodeRow, UserRow, connect, sql_query};
 use syncserver::db::sql::PoolSettings;
-use syncserver::db::tokenserver::{
+use syncserver::tokenserver::TokenserverError;
+use syncserver::tokenserver::db::{
     SYNC_SERVICE, SelfNode, Service, SharedTokenserverDb, UserLookup, UserRecord, UserUpdate,
     open_tokenserver_db,
 };
-use syncserver::tokenserver::TokenserverError;
 use syncserver::tokenserver::users::{NewRow, RETIRED};
 
 backend_matrix!(

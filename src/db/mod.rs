@@ -22,7 +22,6 @@ pub mod rules;
 pub mod spanner;
 pub mod sql;
 pub mod sqlite;
-pub mod tokenserver;
 pub mod tx;
 pub mod units;
 
@@ -238,11 +237,19 @@ pub async fn open_storage(
         ));
     }
     if mysql::is_mysql_url(url) {
-        return Ok(Arc::new(mysql::MysqlStorage::open(url, pool, config)?));
+        return Ok(Arc::new(mysql::MysqlStorage::open(
+            url,
+            pool,
+            config,
+            mysql::MIGRATIONS,
+        )?));
     }
     if postgres::is_postgres_url(url) {
         return Ok(Arc::new(postgres::PostgresStorage::open(
-            url, pool, config,
+            url,
+            pool,
+            config,
+            postgres::MIGRATIONS,
         )?));
     }
     match sqlite::SqliteTarget::from_url(url) {

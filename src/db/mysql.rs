@@ -12,21 +12,38 @@ pub fn is_mysql_url(url: &str) -> bool {
     url.starts_with("mysql://")
 }
 
+/// The storage database on MySQL/MariaDB.
+pub type MysqlStorage = crate::db::pooled::PooledStorage<AsyncMysqlConnection>;
+
 // The locking read comes first; later reads must see rows other writers committed while we
 // waited for it.
-crate::db::pooled::pooled_backend!(
-    MysqlStorage,
-    AsyncMysqlConnection,
-    // A lock wait outlasts the request's deadline, so the deadline (503) decides, not
-    // InnoDB's timeout (error 1205, whose SQLSTATE HY000 says nothing).
-    session = |s| format!(
-        "SET SESSION innodb_lock_wait_timeout = {}",
-        s.request_timeout_secs.max(1) + 5
-    ),
-    before_write = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
-    // InnoDB's default REPEATABLE READ already reads one snapshot.
-    read_start = ""
-);
+impl crate::db::pooled::ServerConn for AsyncMysqlConnection {
+    type Manager = diesel_async::pooled_connection::AsyncDieselConnectionManager<Self>;
+    fn manager(
+        url: &str,
+        config: diesel_async::pooled_connection::ManagerConfig<Self>,
+    ) -> Self::Manager {
+        Self::Manager::new_with_config(url, config)
+    }
+    fn migrate(
+        url: &str,
+        migrations: diesel_migrations::EmbeddedMigrations,
+        setting: &str,
+    ) -> Result<(), String> {
+        crate::db::pooled::run_migrations::<Self, _>(url, migrations, setting)
+    }
+    /// A lock wait outlasts the request's deadline, so the deadline (503) decides, not
+    /// InnoDB's timeout (error 1205, whose SQLSTATE HY000 says nothing).
+    fn session(settings: &crate::db::sql::PoolSettings) -> String {
+        format!(
+            "SET SESSION innodb_lock_wait_timeout = {}",
+            settings.request_timeout_secs.max(1) + 5
+        )
+    }
+    const BEFORE_WRITE: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
+    /// InnoDB's default REPEATABLE READ already reads one snapshot.
+    const READ_START: &'static str = "";
+}
 
 /// The invisible placeholder row (last_modified 0, which every read ignores).
 async fn insert_placeholder(

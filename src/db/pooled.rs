@@ -1,263 +1,400 @@
-//! What the server-database backends (MySQL, PostgreSQL) share: a deadpool of diesel-async
-//! connections, units of work (`db::units`) run on tasks of their own, conflict retries, and
-//! the `Backend` impl itself, generated per backend by `pooled_backend!` for its connection
-//! type (a macro because the isolation statements and the connection type are per engine).
+//! The one pooled mechanism of the server engines (MySQL, PostgreSQL), for the storage and the
+//! tokenserver databases alike: `Pooled<C>`, a deadpool of diesel-async connections whose
+//! units of work run on tasks of their own, within a deadline, at the engine's isolation
+//! levels (`ServerConn`), a write run again when the engine rolled it back to settle a
+//! conflict (`retry::SQL`). The storage API's `Backend` is implemented here once for both
+//! engines, over their `SqlTx` statements.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::error::{ApiError, ApiResult};
+use deadpool::managed::{Manager, Object, Pool};
+use diesel_async::pooled_connection::ManagerConfig;
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+use diesel_migrations::EmbeddedMigrations;
+use futures::future::BoxFuture;
+
+use crate::db::fault::DbFault;
+use crate::db::sql::{PoolSettings, SqlPurge, SqlTx};
+use crate::db::tx::{Backend, WriteTx};
+use crate::db::units::{self, ReadOp, ReadOut, WriteOp, WriteOut};
+use crate::db::{PoolState, PurgeStats, StorageConfig};
+use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::protocol::SyncTimestamp;
+
+/// What differs between the server engines' connections: the isolation statements (and, for
+/// the compiler, their pool manager and migration harness).
+pub trait ServerConn: AsyncConnection + SimpleAsyncConnection + Send + 'static {
+    /// `AsyncDieselConnectionManager<Self>`.
+    type Manager: Manager<Type = Self, Error = diesel_async::pooled_connection::PoolError>
+        + Send
+        + Sync;
+    fn manager(url: &str, config: ManagerConfig<Self>) -> Self::Manager;
+    /// Runs the embedded migrations (`run_migrations`).
+    fn migrate(url: &str, migrations: EmbeddedMigrations, setting: &str) -> Result<(), String>;
+    /// SQL each new connection runs first.
+    fn session(settings: &PoolSettings) -> String;
+    /// SQL run before each write transaction begins (its isolation level; empty: none).
+    const BEFORE_WRITE: &'static str;
+    /// The first statement of each read transaction (its snapshot level; empty: none).
+    const READ_START: &'static str;
+}
+
+/// Errors a pooled unit of work can end with: the storage API's and the tokenserver's.
+pub trait UnitError: From<ApiError> + From<diesel::result::Error> + Send + 'static {
+    /// The database fault behind the error, which decides whether to run the unit again.
+    fn fault(&self) -> Option<DbFault>;
+}
+
+impl UnitError for ApiError {
+    fn fault(&self) -> Option<DbFault> {
+        match self.kind {
+            ErrorKind::Database(fault) => Some(fault),
+            _ => None,
+        }
+    }
+}
+
+/// A unit of work's body on a connection (boxed: it borrows the connection).
+pub trait Unit<C, T, E>:
+    for<'c> Fn(&'c mut C) -> BoxFuture<'c, Result<T, E>> + Send + Sync
+{
+}
+impl<C, T, E, F> Unit<C, T, E> for F where
+    F: for<'c> Fn(&'c mut C) -> BoxFuture<'c, Result<T, E>> + Send + Sync
+{
+}
+
+/// A closure as a `Unit` (closures infer their signature only where they are written, so a
+/// unit of work kept in a variable is declared through this).
+pub fn unit<C, T, E, F>(f: F) -> F
+where
+    F: for<'c> Fn(&'c mut C) -> BoxFuture<'c, Result<T, E>> + Send + Sync,
+{
+    f
+}
+
+/// A closure run once with a connection (`Pooled::with_connection`), declared like `unit`.
+pub fn with_conn<C, T, E, F>(f: F) -> F
+where
+    F: for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<T, E>> + Send,
+{
+    f
+}
 
 /// Runs a unit of work on its own task, so it completes (commit or rollback) even when the
 /// client goes away mid-request, or gets 503 after `deadline`.
-pub async fn detached<T: Send + 'static>(
-    deadline: std::time::Duration,
-    fut: impl Future<Output = ApiResult<T>> + Send + 'static,
-) -> ApiResult<T> {
+pub async fn detached<T, E>(
+    deadline: Duration,
+    fut: impl Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<ApiError> + Send + 'static,
+{
     match tokio::time::timeout(deadline, tokio::spawn(fut)).await {
         Ok(joined) => {
-            joined.map_err(|e| ApiError::internal(format!("database task failed: {e}")))?
+            joined.map_err(|e| E::from(ApiError::internal(format!("database task failed: {e}"))))?
         }
-        Err(_) => Err(too_slow()),
+        Err(_) => Err(too_slow().into()),
     }
 }
 
 /// A unit of work past its deadline: the database is stuck or overloaded.
 pub fn too_slow() -> ApiError {
-    crate::db::fault::DbFault::Deadline.error("database did not answer in time")
+    DbFault::Deadline.error("database did not answer in time")
 }
 
 /// `database_request_timeout` as a duration.
-pub fn deadline(settings: &crate::db::sql::PoolSettings) -> std::time::Duration {
-    std::time::Duration::from_secs(u64::from(settings.request_timeout_secs.max(1)))
+pub fn deadline(settings: &PoolSettings) -> Duration {
+    Duration::from_secs(u64::from(settings.request_timeout_secs.max(1)))
 }
-
-/// A deadpool manager whose new connections first run `session` (SQL; none when empty).
-pub fn manager<C>(
-    url: &str,
-    session: String,
-) -> diesel_async::pooled_connection::AsyncDieselConnectionManager<C>
-where
-    C: diesel_async::AsyncConnection + diesel_async::SimpleAsyncConnection + 'static,
-{
-    use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-    use futures::FutureExt;
-    let mut config = ManagerConfig::<C>::default();
-    config.custom_setup = Box::new(move |url| {
-        let (url, session) = (url.to_owned(), session.clone());
-        async move {
-            let mut conn = C::establish(&url).await?;
-            if !session.is_empty() {
-                conn.batch_execute(&session)
-                    .await
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-            }
-            Ok(conn)
-        }
-        .boxed()
-    });
-    AsyncDieselConnectionManager::new_with_config(url, config)
-}
-
-/// Defines `$Storage` (pool + config) and its `StorageDb` impl over the `ops` module in scope.
-/// `session` gives the SQL each new connection runs first; `before_write` is SQL run before
-/// each write transaction begins (MySQL's isolation level); `read_start` is the first statement
-/// of each read transaction (PostgreSQL's snapshot level).
-macro_rules! pooled_backend {
-    ($Storage:ident, $Conn:ty, session = $session:expr, before_write = $before_write:expr, read_start = $read_start:expr) => {
-        pub struct $Storage {
-            pool: diesel_async::pooled_connection::deadpool::Pool<$Conn>,
-            config: std::sync::Arc<$crate::db::StorageConfig>,
-            settings: $crate::db::sql::PoolSettings,
-        }
-
-        impl $Storage {
-            /// Runs the embedded migrations on a blocking wrapper connection in a thread of its
-            /// own (the migration harness is synchronous). Idempotent; the version names match
-            /// upstream's, so a database syncstorage-rs created is recognised as migrated.
-            pub fn run_migrations(url: &str) -> Result<(), String> {
-                $crate::db::pooled::run_embedded_migrations!($Conn, url, MIGRATIONS, "syncstorage.database_url")
-            }
-
-            /// Migrates (unless switched off) and builds the pool; connections are made on
-            /// demand, so a database that is down now is a 503 later, not a start-up failure.
-            pub fn open(
-                url: &str,
-                settings: &$crate::db::sql::PoolSettings,
-                config: $crate::db::StorageConfig,
-            ) -> Result<Self, String> {
-                if settings.run_migrations {
-                    Self::run_migrations(url)?;
-                }
-                let session: fn(&$crate::db::sql::PoolSettings) -> String = $session;
-                let manager = $crate::db::pooled::manager::<$Conn>(url, session(settings));
-                let pool = diesel_async::pooled_connection::deadpool::Pool::builder(manager)
-                    .max_size(settings.max_size.max(1) as usize)
-                    .build()
-                    .map_err(|e| format!("syncstorage.database_url: {e}"))?;
-                Ok($Storage { pool, config: std::sync::Arc::new(config), settings: settings.clone() })
-            }
-        }
-
-        $crate::db::pooled::pool_checkout!($Conn);
-
-        /// One write transaction on `conn` (`|conn| body`) at the write isolation level, run
-        /// again when the engine rolled it back to settle a conflict (`retry::SQL`).
-        macro_rules! write_transaction {
-            ($c:ident, |$tx:ident| $tbody:expr) => {{
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let before: &str = $before_write;
-                    if !before.is_empty() {
-                        $c.batch_execute(before).await?;
-                    }
-                    let result = $c.transaction(async |$tx| $tbody).await;
-                    match result.as_ref().err().and_then(|e| $crate::db::retry::SQL.next_delay(attempt, &e.kind)) {
-                        Some(wait) => tokio::time::sleep(wait).await,
-                        None => break result,
-                    }
-                }
-            }};
-        }
-
-        #[async_trait::async_trait]
-        impl $crate::db::tx::Backend for $Storage {
-            /// One read transaction on one snapshot, on a task of its own.
-            async fn read(&self, op: $crate::db::units::ReadOp) -> $crate::error::ApiResult<$crate::db::units::ReadOut> {
-                let pool = self.pool.clone();
-                let settings = self.settings.clone();
-                let config = self.config.clone();
-                $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
-                    use diesel_async::AsyncConnection;
-                    let mut obj = connection(&pool, &settings).await?;
-                    let conn: &mut $Conn = &mut obj;
-                    conn.transaction(async |conn| {
-                        let start: &str = $read_start;
-                        if !start.is_empty() {
-                            diesel_async::SimpleAsyncConnection::batch_execute(&mut *conn, start).await?;
-                        }
-                        $crate::db::units::read(&mut $crate::db::sql::SqlTx(conn), &config, op).await
-                    })
-                    .await
-                })
-                .await
-            }
-
-            /// One write transaction, run again on a conflict (`retry::SQL`), on a task of
-            /// its own so that a client going away cannot leave it half-done.
-            async fn write(&self, op: $crate::db::units::WriteOp) -> $crate::error::ApiResult<$crate::db::units::WriteOut> {
-                let pool = self.pool.clone();
-                let settings = self.settings.clone();
-                let config = self.config.clone();
-                $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
-                    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-                    use $crate::db::tx::WriteTx;
-                    let mut obj = connection(&pool, &settings).await?;
-                    let conn: &mut $Conn = &mut obj;
-                    if let (_, Some(name)) = op.target() {
-                        // The global name mapping is made in its own statement, so that two
-                        // writers creating it at once cannot fail each other's units of work.
-                        let mut tx = $crate::db::sql::SqlTx(&mut *conn);
-                        if tx.get_or_create_collection_id(name).await.is_err() {
-                            $crate::db::tx::ReadTx::collection_id(&mut tx, name).await?;
-                        }
-                    }
-                    let op = &op;
-                    let config = &config;
-                    write_transaction!(conn, |tx| $crate::db::units::write(&mut $crate::db::sql::SqlTx(tx), config, op).await)
-                })
-                .await
-            }
-
-            /// One short write transaction, like any other write: its own isolation level,
-            /// run again on a conflict (`retry::SQL`), answered within the deadline.
-            async fn purge_expired_chunk(
-                &self,
-                now: $crate::protocol::SyncTimestamp,
-                max_rows: u32,
-            ) -> $crate::error::ApiResult<$crate::db::PurgeStats> {
-                let pool = self.pool.clone();
-                let settings = self.settings.clone();
-                $crate::db::pooled::detached($crate::db::pooled::deadline(&settings), async move {
-                    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-                    let mut obj = connection(&pool, &settings).await?;
-                    let conn: &mut $Conn = &mut obj;
-                    write_transaction!(conn, |tx| $crate::db::sql::SqlTx(tx).purge_expired_chunk(now, i64::from(max_rows)).await)
-                })
-                .await
-            }
-
-            fn pool_state(&self) -> $crate::db::PoolState {
-                let status = self.pool.status();
-                let idle = status.available as u32;
-                $crate::db::PoolState {
-                    active: (status.size as u32).saturating_sub(idle),
-                    idle,
-                    max_size: status.max_size as u32,
-                }
-            }
-        }
-    };
-}
-pub(crate) use pooled_backend;
-
-
-/// Defines `connection(pool, settings)`: checks out a connection of type `$Conn`, giving up after
-/// the pool timeout with a 503 (the database is down or saturated: clients retry later).
-/// Connections past their lifespan or idle limit are replaced.
-macro_rules! pool_checkout {
-    ($Conn:ty) => {
-        async fn connection(
-            pool: &diesel_async::pooled_connection::deadpool::Pool<$Conn>,
-            settings: &$crate::db::sql::PoolSettings,
-        ) -> $crate::error::ApiResult<diesel_async::pooled_connection::deadpool::Object<$Conn>> {
-            use diesel_async::pooled_connection::deadpool::Object;
-            use $crate::db::fault::DbFault;
-            let wait =
-                std::time::Duration::from_secs(u64::from(settings.connection_timeout_secs.max(1)));
-            loop {
-                let obj = tokio::time::timeout(wait, pool.get())
-                    .await
-                    .map_err(|_| DbFault::Unavailable.error("database pool timeout"))?
-                    .map_err(|e| {
-                        DbFault::Unavailable.error(format!("database unavailable: {e}"))
-                    })?;
-                let metrics = Object::metrics(&obj);
-                let secs = |s: u32| std::time::Duration::from_secs(s.into());
-                let too_old = settings
-                    .connection_lifespan_secs
-                    .is_some_and(|s| metrics.age() > secs(s));
-                let idle_too_long = settings
-                    .connection_max_idle_secs
-                    .is_some_and(|s| metrics.last_used() > secs(s));
-                if too_old || idle_too_long {
-                    let _ = Object::take(obj);
-                    continue;
-                }
-                return Ok(obj);
-            }
-        }
-    };
-}
-pub(crate) use pool_checkout;
 
 /// Runs embedded migrations on a blocking wrapper connection in a thread of its own (the
-/// migration harness is synchronous and must not block an async worker). Idempotent.
-macro_rules! run_embedded_migrations {
-    ($Conn:ty, $url:expr, $migrations:expr, $setting:expr) => {{
-        use diesel::Connection;
-        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-        use diesel_migrations::MigrationHarness;
-        let url = $url.to_owned();
-        std::thread::spawn(move || {
-            let mut conn = <AsyncConnectionWrapper<$Conn> as Connection>::establish(&url)
-                .map_err(|e| format!("{}: cannot connect: {e}", $setting))?;
-            conn.run_pending_migrations($migrations)
-                .map(|_| ())
-                .map_err(|e| format!("{}: migrations failed: {e}", $setting))
-        })
-        .join()
-        .map_err(|_| "migrations panicked".to_owned())?
-    }};
+/// migration harness is synchronous and must not block an async worker). Idempotent; the
+/// version names match upstream's, so a database upstream created is recognised as migrated.
+pub fn run_migrations<C, B>(
+    url: &str,
+    migrations: EmbeddedMigrations,
+    setting: &str,
+) -> Result<(), String>
+where
+    C: 'static,
+    B: diesel::backend::Backend,
+    diesel_async::async_connection_wrapper::AsyncConnectionWrapper<C>:
+        diesel::Connection<Backend = B> + diesel_migrations::MigrationHarness<B>,
+{
+    use diesel::Connection;
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+    use diesel_migrations::MigrationHarness;
+    let (url, setting) = (url.to_owned(), setting.to_owned());
+    std::thread::spawn(move || {
+        let mut conn = AsyncConnectionWrapper::<C>::establish(&url)
+            .map_err(|e| format!("{setting}: cannot connect: {e}"))?;
+        conn.run_pending_migrations(migrations)
+            .map(|_| ())
+            .map_err(|e| format!("{setting}: migrations failed: {e}"))
+    })
+    .join()
+    .map_err(|_| "migrations panicked".to_owned())?
 }
-pub(crate) use run_embedded_migrations;
+
+/// A deadpool of connections of one server engine, with its settings.
+pub struct Pooled<C: ServerConn> {
+    pool: Pool<C::Manager>,
+    settings: PoolSettings,
+}
+
+impl<C: ServerConn> Pooled<C> {
+    /// Builds the pool; connections are made on demand, so a database that is down now is a
+    /// 503 later, not a start-up failure. `setting` names the URL in errors.
+    pub fn open(url: &str, settings: &PoolSettings, setting: &str) -> Result<Self, String> {
+        let session = C::session(settings);
+        let mut manager_config = ManagerConfig::<C>::default();
+        manager_config.custom_setup = Box::new(move |url| {
+            let (url, session) = (url.to_owned(), session.clone());
+            Box::pin(async move {
+                let mut conn = C::establish(&url).await?;
+                if !session.is_empty() {
+                    conn.batch_execute(&session)
+                        .await
+                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                }
+                Ok(conn)
+            })
+        });
+        let manager = C::manager(url, manager_config);
+        let pool = Pool::builder(manager)
+            .max_size(settings.max_size.max(1) as usize)
+            .build()
+            .map_err(|e| format!("{setting}: {e}"))?;
+        Ok(Pooled {
+            pool,
+            settings: settings.clone(),
+        })
+    }
+
+    /// `database_request_timeout`.
+    pub fn deadline(&self) -> Duration {
+        deadline(&self.settings)
+    }
+
+    pub fn state(&self) -> PoolState {
+        let status = self.pool.status();
+        let idle = status.available as u32;
+        PoolState {
+            active: (status.size as u32).saturating_sub(idle),
+            idle,
+            max_size: status.max_size as u32,
+        }
+    }
+
+    /// Runs `body` with a connection on a task of its own, within `deadline`.
+    pub async fn with_connection<T, E>(
+        &self,
+        deadline: Duration,
+        body: impl for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: UnitError,
+    {
+        let (pool, settings) = (self.pool.clone(), self.settings.clone());
+        detached(deadline, async move {
+            let mut obj = checkout::<C>(&pool, &settings).await?;
+            body(&mut obj).await
+        })
+        .await
+    }
+
+    /// A read: one transaction on one snapshot.
+    pub async fn read_unit<T, E>(
+        &self,
+        deadline: Duration,
+        unit: impl Unit<C, T, E> + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: UnitError,
+    {
+        self.with_connection(deadline, move |conn| {
+            Box::pin(async move { read_transaction(conn, &unit).await })
+        })
+        .await
+    }
+
+    /// A write: one transaction, run again on a conflict.
+    pub async fn write_unit<T, E>(
+        &self,
+        deadline: Duration,
+        unit: impl Unit<C, T, E> + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: UnitError,
+    {
+        self.with_connection(deadline, move |conn| {
+            Box::pin(async move { write_transaction(conn, &unit).await })
+        })
+        .await
+    }
+}
+
+/// Checks out a connection, giving up after the pool timeout with a 503 (the database is down
+/// or saturated: clients retry later). Connections past their lifespan or idle limit are
+/// replaced.
+async fn checkout<C: ServerConn>(
+    pool: &Pool<C::Manager>,
+    settings: &PoolSettings,
+) -> ApiResult<Object<C::Manager>> {
+    let wait = Duration::from_secs(u64::from(settings.connection_timeout_secs.max(1)));
+    let secs = |s: u32| Duration::from_secs(s.into());
+    loop {
+        let obj = tokio::time::timeout(wait, pool.get())
+            .await
+            .map_err(|_| DbFault::Unavailable.error("database pool timeout"))?
+            .map_err(|e| DbFault::Unavailable.error(format!("database unavailable: {e}")))?;
+        let metrics = Object::metrics(&obj);
+        let too_old = settings
+            .connection_lifespan_secs
+            .is_some_and(|s| metrics.age() > secs(s));
+        let idle_too_long = settings
+            .connection_max_idle_secs
+            .is_some_and(|s| metrics.last_used() > secs(s));
+        if too_old || idle_too_long {
+            let _ = Object::take(obj);
+            continue;
+        }
+        return Ok(obj);
+    }
+}
+
+/// One read transaction on `conn`, at the engine's snapshot level.
+pub async fn read_transaction<C, T, E>(conn: &mut C, unit: &impl Unit<C, T, E>) -> Result<T, E>
+where
+    C: ServerConn,
+    T: Send,
+    E: UnitError,
+{
+    conn.transaction(async |conn| {
+        if !C::READ_START.is_empty() {
+            conn.batch_execute(C::READ_START).await?;
+        }
+        unit(conn).await
+    })
+    .await
+}
+
+/// One write transaction on `conn` at the engine's write isolation level, run again when the
+/// engine rolled it back to settle a conflict (`retry::SQL`).
+pub async fn write_transaction<C, T, E>(conn: &mut C, unit: &impl Unit<C, T, E>) -> Result<T, E>
+where
+    C: ServerConn,
+    T: Send,
+    E: UnitError,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if !C::BEFORE_WRITE.is_empty() {
+            conn.batch_execute(C::BEFORE_WRITE).await?;
+        }
+        let result = conn.transaction(async |conn| unit(conn).await).await;
+        let retry = result
+            .as_ref()
+            .err()
+            .and_then(UnitError::fault)
+            .and_then(|fault| {
+                crate::db::retry::SQL.next_delay(attempt, &ErrorKind::Database(fault))
+            });
+        match retry {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return result,
+        }
+    }
+}
+
+/// The storage API on a server engine: its units of work over its `SqlTx` statements.
+pub struct PooledStorage<C: ServerConn> {
+    pool: Pooled<C>,
+    config: Arc<StorageConfig>,
+}
+
+impl<C: ServerConn> PooledStorage<C> {
+    /// Migrates (unless switched off) and builds the pool.
+    pub fn open(
+        url: &str,
+        settings: &PoolSettings,
+        config: StorageConfig,
+        migrations: EmbeddedMigrations,
+    ) -> Result<Self, String> {
+        const SETTING: &str = "syncstorage.database_url";
+        if settings.run_migrations {
+            C::migrate(url, migrations, SETTING)?;
+        }
+        Ok(PooledStorage {
+            pool: Pooled::open(url, settings, SETTING)?,
+            config: Arc::new(config),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl<C: ServerConn> Backend for PooledStorage<C>
+where
+    for<'a> SqlTx<'a, C>: WriteTx<User = i64> + SqlPurge,
+{
+    async fn read(&self, op: ReadOp) -> ApiResult<ReadOut> {
+        let config = self.config.clone();
+        let op = Arc::new(op);
+        let unit = unit(move |conn: &mut C| {
+            let (config, op) = (config.clone(), op.clone());
+            Box::pin(async move { units::read(&mut SqlTx(conn), &config, &op).await })
+        });
+        self.pool.read_unit(self.pool.deadline(), unit).await
+    }
+
+    async fn write(&self, op: WriteOp) -> ApiResult<WriteOut> {
+        let config = self.config.clone();
+        let op = Arc::new(op);
+        let body = with_conn(move |conn: &mut C| {
+            Box::pin(async move {
+                if let (_, Some(name)) = op.target() {
+                    // The global name mapping is made in its own statement, so that two
+                    // writers creating it at once cannot fail each other's units of work.
+                    let mut tx = SqlTx(&mut *conn);
+                    if tx.get_or_create_collection_id(name).await.is_err() {
+                        crate::db::tx::ReadTx::collection_id(&mut tx, name).await?;
+                    }
+                }
+                let unit = unit(move |conn: &mut C| {
+                    let (config, op) = (config.clone(), op.clone());
+                    Box::pin(async move { units::write(&mut SqlTx(conn), &config, &op).await })
+                });
+                write_transaction(conn, &unit).await
+            })
+        });
+        self.pool.with_connection(self.pool.deadline(), body).await
+    }
+
+    /// One short write transaction, like any other write.
+    async fn purge_expired_chunk(
+        &self,
+        now: SyncTimestamp,
+        max_rows: u32,
+    ) -> ApiResult<PurgeStats> {
+        let unit = unit(move |conn: &mut C| {
+            Box::pin(async move {
+                SqlTx(conn)
+                    .purge_expired_chunk(now, i64::from(max_rows))
+                    .await
+            })
+        });
+        self.pool.write_unit(self.pool.deadline(), unit).await
+    }
+
+    fn pool_state(&self) -> PoolState {
+        self.pool.state()
+    }
+}

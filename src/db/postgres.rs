@@ -13,15 +13,33 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-// Writes: READ COMMITTED, PostgreSQL's default, so each statement sees what other writers
-// committed. Reads: one snapshot for the whole unit of work.
-crate::db::pooled::pooled_backend!(
-    PostgresStorage,
-    AsyncPgConnection,
-    session = |_| String::new(),
-    before_write = "",
-    read_start = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
-);
+/// The storage database on PostgreSQL.
+pub type PostgresStorage = crate::db::pooled::PooledStorage<AsyncPgConnection>;
+
+impl crate::db::pooled::ServerConn for AsyncPgConnection {
+    type Manager = diesel_async::pooled_connection::AsyncDieselConnectionManager<Self>;
+    fn manager(
+        url: &str,
+        config: diesel_async::pooled_connection::ManagerConfig<Self>,
+    ) -> Self::Manager {
+        Self::Manager::new_with_config(url, config)
+    }
+    fn migrate(
+        url: &str,
+        migrations: diesel_migrations::EmbeddedMigrations,
+        setting: &str,
+    ) -> Result<(), String> {
+        crate::db::pooled::run_migrations::<Self, _>(url, migrations, setting)
+    }
+    /// Writes: READ COMMITTED (explicit, in case the server's default is stricter), so each
+    /// statement sees what other writers committed.
+    fn session(_: &crate::db::sql::PoolSettings) -> String {
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED".to_owned()
+    }
+    const BEFORE_WRITE: &'static str = "";
+    /// Reads: one snapshot for the whole unit of work.
+    const READ_START: &'static str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ";
+}
 
 /// Upstream's pre-touched row, which every read ignores; the foreign keys need it too.
 async fn insert_placeholder(
@@ -63,10 +81,10 @@ mod layout {
     use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
     use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-    pub use crate::db::sql::Ms;
     use crate::db::rules::{COMMIT_CHUNK, Staged};
-    use crate::db::sql::schema_pg::{batch_bsos, batches, bso};
+    pub use crate::db::sql::Ms;
     pub use crate::db::sql::schema_pg::user_collections;
+    use crate::db::sql::schema_pg::{batch_bsos, batches, bso};
     use crate::db::sql::{BatchTables, CHUNK, SqlTx};
     use crate::db::tx::Scope;
     use crate::error::{ApiError, ApiResult};
@@ -79,7 +97,6 @@ mod layout {
     /// 0001-01-01T00:00:00Z: upstream's marker for a row that exists only for the foreign keys.
     pub const PRE_TOUCH_MS: i64 = -62_135_596_800_000;
     const BSO_BYTES_SUM: &str = "SUM(octet_length(payload))::BIGINT";
-
 
     #[derive(Insertable)]
     #[diesel(table_name = bso)]
@@ -116,214 +133,220 @@ mod layout {
     impl BatchTables for SqlTx<'_, Conn> {
         type Batch = BatchKey;
 
-    /// Inserts rows whose ids are known to be absent.
-    async fn insert_bso_rows(&mut self, uid: i64,
-        cid: i32,
-        rows: &[StoredBso],
-    ) -> ApiResult<()> {
-        let values: Vec<NewBso<'_>> = rows
-            .iter()
-            .map(|r| NewBso {
-                userid: uid,
-                collection: cid,
-                id: &r.id,
-                sortindex: r.sortindex,
-                payload: &r.payload,
-                modified: Ms(r.modified),
-                ttl: Ms(r.expiry),
-            })
-            .collect();
-        diesel::insert_into(bso::table)
-            .values(values)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    /// Upstream's form: a hyphenated UUIDv4.
-    fn encode_batch(key: &BatchKey) -> String {
-        key.hyphenated().to_string()
-    }
-
-    /// Staged records go with their batch (ON DELETE CASCADE).
-    async fn drop_batch(&mut self, scope: &Scope<i64>, key: &BatchKey) -> ApiResult<()> {
-        diesel::delete(
-            batches::table
-                .filter(batches::user_id.eq(scope.user))
-                .filter(batches::collection_id.eq(scope.cid))
-                .filter(batches::batch_id.eq(*key)),
-        )
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
-    }
-
-    async fn drop_collection_batches(&mut self, uid: i64, cid: i32) -> ApiResult<()> {
-        diesel::delete(
-            batches::table
-                .filter(batches::user_id.eq(uid))
-                .filter(batches::collection_id.eq(cid)),
-        )
-        .execute(&mut *self.0)
-        .await?;
-        Ok(())
-    }
-
-    async fn drop_user_batches(&mut self, uid: i64) -> ApiResult<()> {
-        diesel::delete(batches::table.filter(batches::user_id.eq(uid)))
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    /// Up to `max_rows` expired batches, by key: (batches, 0); their staged records go with
-    /// them (ON DELETE CASCADE), at most max_total_records each.
-    async fn purge_batches(&mut self, now: i64,
-        max_rows: i64,
-    ) -> ApiResult<(usize, usize)> {
-        let keys: Vec<(i64, i32, uuid::Uuid)> = batches::table
-            .filter(batches::expiry.le(Ms(now)))
-            .select((batches::user_id, batches::collection_id, batches::batch_id))
-            .limit(max_rows)
-            .load(&mut *self.0)
-            .await?;
-        let mut deleted = 0;
-        for (uid, cid, id) in keys {
-            deleted += diesel::delete(
-                batches::table
-                    .filter(batches::user_id.eq(uid))
-                    .filter(batches::collection_id.eq(cid))
-                    .filter(batches::batch_id.eq(id)),
-            )
-            .execute(&mut *self.0)
-            .await?;
-        }
-        Ok((deleted, 0))
-    }
-
-    async fn staged_items(&mut self, scope: &Scope<i64>,
-        batch: &BatchKey,
-        which: Staged<'_>,
-    ) -> ApiResult<Vec<BsoUpdate>> {
-        type Row = (String, Option<i32>, Option<String>, Option<i64>);
-        let columns = (
-            batch_bsos::batch_bso_id,
-            batch_bsos::sortindex,
-            batch_bsos::payload,
-            batch_bsos::ttl,
-        );
-        let mut rows: Vec<Row> = Vec::new();
-        match which {
-            Staged::After(after) => {
-                let mut query = staged_query(scope, *batch);
-                if let Some(after) = after {
-                    query = query.filter(batch_bsos::batch_bso_id.gt(after.to_owned()));
-                }
-                rows = query
-                    .select(columns)
-                    .order(batch_bsos::batch_bso_id)
-                    .limit(COMMIT_CHUNK)
-                    .load(&mut *self.0)
-                    .await?
-            }
-            Staged::Ids(ids) => {
-                for chunk in ids.chunks(CHUNK) {
-                    let found: Vec<Row> = staged_query(scope, *batch)
-                        .filter(batch_bsos::batch_bso_id.eq_any(chunk))
-                        .select(columns)
-                        .load(&mut *self.0)
-                        .await?;
-                    rows.extend(found);
-                }
-            }
-        }
-        Ok(rows
-            .into_iter()
-            .map(|(id, sortindex, payload, ttl)| BsoUpdate {
-                id,
-                payload,
-                sortindex,
-                ttl: ttl.map(|t| t.clamp(0, i64::from(u32::MAX)) as u32),
-            })
-            .collect())
-    }
-
-    async fn put_staged(&mut self, scope: &Scope<i64>,
-        batch: &BatchKey,
-        merged: &[BsoUpdate],
-    ) -> ApiResult<()> {
-        for chunk in merged.chunks(CHUNK) {
-            let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
-            diesel::delete(
-                batch_bsos::table
-                    .filter(batch_bsos::user_id.eq(scope.user))
-                    .filter(batch_bsos::collection_id.eq(scope.cid))
-                    .filter(batch_bsos::batch_id.eq(*batch))
-                    .filter(batch_bsos::batch_bso_id.eq_any(chunk_ids)),
-            )
-            .execute(&mut *self.0)
-            .await?;
-            let values: Vec<NewBatchBso<'_>> = chunk
+        /// Inserts rows whose ids are known to be absent.
+        async fn insert_bso_rows(
+            &mut self,
+            uid: i64,
+            cid: i32,
+            rows: &[StoredBso],
+        ) -> ApiResult<()> {
+            let values: Vec<NewBso<'_>> = rows
                 .iter()
-                .map(|u| NewBatchBso {
-                    user_id: scope.user,
-                    collection_id: scope.cid,
-                    batch_id: *batch,
-                    batch_bso_id: &u.id,
-                    sortindex: u.sortindex,
-                    payload: u.payload.as_deref(),
-                    ttl: u.ttl.map(i64::from),
+                .map(|r| NewBso {
+                    userid: uid,
+                    collection: cid,
+                    id: &r.id,
+                    sortindex: r.sortindex,
+                    payload: &r.payload,
+                    modified: Ms(r.modified),
+                    ttl: Ms(r.expiry),
                 })
                 .collect();
-            diesel::insert_into(batch_bsos::table)
+            diesel::insert_into(bso::table)
                 .values(values)
                 .execute(&mut *self.0)
                 .await?;
+            Ok(())
         }
-        Ok(())
-    }
 
-    async fn staged_totals(&mut self, scope: &Scope<i64>,
-        batch: &BatchKey,
-    ) -> ApiResult<(i64, i64)> {
-        let (records, bytes): (i64, Option<i64>) = staged_query(scope, *batch)
-            .select((count_star(), sql::<Nullable<BigInt>>(BSO_BYTES_SUM)))
-            .first(&mut *self.0)
-            .await?;
-        Ok((records, bytes.unwrap_or(0)))
-    }
-
-    /// The batch if it exists for this user and collection and has not expired.
-    async fn find_batch(&mut self, scope: &Scope<i64>, id: &str) -> ApiResult<BatchKey> {
-        let key = uuid::Uuid::parse_str(id.trim())
-            .map_err(|_| ApiError::bad_request("invalid batch id"))?;
-        let expiry: Option<Ms> = batches::table
-            .filter(batches::user_id.eq(scope.user))
-            .filter(batches::collection_id.eq(scope.cid))
-            .filter(batches::batch_id.eq(key))
-            .select(batches::expiry)
-            .first(&mut *self.0)
-            .await
-            .optional()?;
-        match expiry {
-            Some(Ms(expiry)) if expiry > scope.t.as_i64() => Ok(key),
-            _ => Err(ApiError::bad_request("batch not found")),
+        /// Upstream's form: a hyphenated UUIDv4.
+        fn encode_batch(key: &BatchKey) -> String {
+            key.hyphenated().to_string()
         }
-    }
 
-    async fn create_batch(&mut self, scope: &Scope<i64>) -> ApiResult<BatchKey> {
-        // The collection row exists: begin_write locked (and if need be created) it.
-        let key = uuid::Uuid::new_v4();
-        diesel::insert_into(batches::table)
-            .values((
-                batches::user_id.eq(scope.user),
-                batches::collection_id.eq(scope.cid),
-                batches::batch_id.eq(key),
-                batches::expiry.eq(Ms(scope.t.as_i64() + batch_id::BATCH_LIFETIME_MS)),
-            ))
+        /// Staged records go with their batch (ON DELETE CASCADE).
+        async fn drop_batch(&mut self, scope: &Scope<i64>, key: &BatchKey) -> ApiResult<()> {
+            diesel::delete(
+                batches::table
+                    .filter(batches::user_id.eq(scope.user))
+                    .filter(batches::collection_id.eq(scope.cid))
+                    .filter(batches::batch_id.eq(*key)),
+            )
             .execute(&mut *self.0)
             .await?;
-        Ok(key)
-    }
+            Ok(())
+        }
+
+        async fn drop_collection_batches(&mut self, uid: i64, cid: i32) -> ApiResult<()> {
+            diesel::delete(
+                batches::table
+                    .filter(batches::user_id.eq(uid))
+                    .filter(batches::collection_id.eq(cid)),
+            )
+            .execute(&mut *self.0)
+            .await?;
+            Ok(())
+        }
+
+        async fn drop_user_batches(&mut self, uid: i64) -> ApiResult<()> {
+            diesel::delete(batches::table.filter(batches::user_id.eq(uid)))
+                .execute(&mut *self.0)
+                .await?;
+            Ok(())
+        }
+
+        /// Up to `max_rows` expired batches, by key: (batches, 0); their staged records go with
+        /// them (ON DELETE CASCADE), at most max_total_records each.
+        async fn purge_batches(&mut self, now: i64, max_rows: i64) -> ApiResult<(usize, usize)> {
+            let keys: Vec<(i64, i32, uuid::Uuid)> = batches::table
+                .filter(batches::expiry.le(Ms(now)))
+                .select((batches::user_id, batches::collection_id, batches::batch_id))
+                .limit(max_rows)
+                .load(&mut *self.0)
+                .await?;
+            let mut deleted = 0;
+            for (uid, cid, id) in keys {
+                deleted += diesel::delete(
+                    batches::table
+                        .filter(batches::user_id.eq(uid))
+                        .filter(batches::collection_id.eq(cid))
+                        .filter(batches::batch_id.eq(id)),
+                )
+                .execute(&mut *self.0)
+                .await?;
+            }
+            Ok((deleted, 0))
+        }
+
+        async fn staged_items(
+            &mut self,
+            scope: &Scope<i64>,
+            batch: &BatchKey,
+            which: Staged<'_>,
+        ) -> ApiResult<Vec<BsoUpdate>> {
+            type Row = (String, Option<i32>, Option<String>, Option<i64>);
+            let columns = (
+                batch_bsos::batch_bso_id,
+                batch_bsos::sortindex,
+                batch_bsos::payload,
+                batch_bsos::ttl,
+            );
+            let mut rows: Vec<Row> = Vec::new();
+            match which {
+                Staged::After(after) => {
+                    let mut query = staged_query(scope, *batch);
+                    if let Some(after) = after {
+                        query = query.filter(batch_bsos::batch_bso_id.gt(after.to_owned()));
+                    }
+                    rows = query
+                        .select(columns)
+                        .order(batch_bsos::batch_bso_id)
+                        .limit(COMMIT_CHUNK)
+                        .load(&mut *self.0)
+                        .await?
+                }
+                Staged::Ids(ids) => {
+                    for chunk in ids.chunks(CHUNK) {
+                        let found: Vec<Row> = staged_query(scope, *batch)
+                            .filter(batch_bsos::batch_bso_id.eq_any(chunk))
+                            .select(columns)
+                            .load(&mut *self.0)
+                            .await?;
+                        rows.extend(found);
+                    }
+                }
+            }
+            Ok(rows
+                .into_iter()
+                .map(|(id, sortindex, payload, ttl)| BsoUpdate {
+                    id,
+                    payload,
+                    sortindex,
+                    ttl: ttl.map(|t| t.clamp(0, i64::from(u32::MAX)) as u32),
+                })
+                .collect())
+        }
+
+        async fn put_staged(
+            &mut self,
+            scope: &Scope<i64>,
+            batch: &BatchKey,
+            merged: &[BsoUpdate],
+        ) -> ApiResult<()> {
+            for chunk in merged.chunks(CHUNK) {
+                let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
+                diesel::delete(
+                    batch_bsos::table
+                        .filter(batch_bsos::user_id.eq(scope.user))
+                        .filter(batch_bsos::collection_id.eq(scope.cid))
+                        .filter(batch_bsos::batch_id.eq(*batch))
+                        .filter(batch_bsos::batch_bso_id.eq_any(chunk_ids)),
+                )
+                .execute(&mut *self.0)
+                .await?;
+                let values: Vec<NewBatchBso<'_>> = chunk
+                    .iter()
+                    .map(|u| NewBatchBso {
+                        user_id: scope.user,
+                        collection_id: scope.cid,
+                        batch_id: *batch,
+                        batch_bso_id: &u.id,
+                        sortindex: u.sortindex,
+                        payload: u.payload.as_deref(),
+                        ttl: u.ttl.map(i64::from),
+                    })
+                    .collect();
+                diesel::insert_into(batch_bsos::table)
+                    .values(values)
+                    .execute(&mut *self.0)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        async fn staged_totals(
+            &mut self,
+            scope: &Scope<i64>,
+            batch: &BatchKey,
+        ) -> ApiResult<(i64, i64)> {
+            let (records, bytes): (i64, Option<i64>) = staged_query(scope, *batch)
+                .select((count_star(), sql::<Nullable<BigInt>>(BSO_BYTES_SUM)))
+                .first(&mut *self.0)
+                .await?;
+            Ok((records, bytes.unwrap_or(0)))
+        }
+
+        /// The batch if it exists for this user and collection and has not expired.
+        async fn find_batch(&mut self, scope: &Scope<i64>, id: &str) -> ApiResult<BatchKey> {
+            let key = uuid::Uuid::parse_str(id.trim())
+                .map_err(|_| ApiError::bad_request("invalid batch id"))?;
+            let expiry: Option<Ms> = batches::table
+                .filter(batches::user_id.eq(scope.user))
+                .filter(batches::collection_id.eq(scope.cid))
+                .filter(batches::batch_id.eq(key))
+                .select(batches::expiry)
+                .first(&mut *self.0)
+                .await
+                .optional()?;
+            match expiry {
+                Some(Ms(expiry)) if expiry > scope.t.as_i64() => Ok(key),
+                _ => Err(ApiError::bad_request("batch not found")),
+            }
+        }
+
+        async fn create_batch(&mut self, scope: &Scope<i64>) -> ApiResult<BatchKey> {
+            // The collection row exists: begin_write locked (and if need be created) it.
+            let key = uuid::Uuid::new_v4();
+            diesel::insert_into(batches::table)
+                .values((
+                    batches::user_id.eq(scope.user),
+                    batches::collection_id.eq(scope.cid),
+                    batches::batch_id.eq(key),
+                    batches::expiry.eq(Ms(scope.t.as_i64() + batch_id::BATCH_LIFETIME_MS)),
+                ))
+                .execute(&mut *self.0)
+                .await?;
+            Ok(key)
+        }
     }
 }

@@ -13,7 +13,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::fault::DbFault;
-use super::sql::{PoolSettings, SqlTx};
+use super::sql::{PoolSettings, SqlPurge, SqlTx};
 use super::tx::Backend;
 use super::units::{self, ReadOp, ReadOut, WriteOp, WriteOut};
 use super::{PoolState, PurgeStats, StorageConfig};
@@ -218,7 +218,7 @@ impl Backend for SqliteStorage {
     /// One read transaction: a WAL snapshot that never waits on writers.
     async fn read(&self, op: ReadOp) -> ApiResult<ReadOut> {
         self.blocking(move |conn, config| {
-            conn.transaction(|conn| block_on(units::read(&mut SqlTx(conn), config, op)))
+            conn.transaction(|conn| block_on(units::read(&mut SqlTx(conn), config, &op)))
         })
         .await
     }

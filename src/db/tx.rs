@@ -39,10 +39,7 @@ pub trait ReadTx: Send {
     /// A batch key as the client sees it.
     fn encode_batch(batch: &Self::Batch) -> String;
 
-    fn collection_id(
-        &mut self,
-        name: &str,
-    ) -> impl Future<Output = ApiResult<Option<i32>>> + Send;
+    fn collection_id(&mut self, name: &str) -> impl Future<Output = ApiResult<Option<i32>>> + Send;
     fn collection_names(
         &mut self,
         ids: Vec<i32>,

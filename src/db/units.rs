@@ -91,21 +91,25 @@ pub enum WriteOut {
 }
 
 /// Runs a read op on `tx`.
-pub async fn read<T: ReadTx>(tx: &mut T, config: &StorageConfig, op: ReadOp) -> ApiResult<ReadOut> {
+pub async fn read<T: ReadTx>(
+    tx: &mut T,
+    config: &StorageConfig,
+    op: &ReadOp,
+) -> ApiResult<ReadOut> {
     Ok(match op {
         ReadOp::Info {
             user,
             kind,
             precondition,
-        } => ReadOut::Info(info(tx, &user, kind, precondition).await?),
-        ReadOp::GetBsos(params) => ReadOut::Page(get_bsos(tx, config, &params).await?),
+        } => ReadOut::Info(info(tx, user, *kind, *precondition).await?),
+        ReadOp::GetBsos(params) => ReadOut::Page(get_bsos(tx, config, params).await?),
         ReadOp::Stream(params, out) => {
-            if let Err(e) = stream_bsos(tx, config, &params, &out).await {
-                let _ = listing::send(&out, Err(e)).await;
+            if let Err(e) = stream_bsos(tx, config, params, out).await {
+                let _ = listing::send(out, Err(e)).await;
             }
             ReadOut::Done
         }
-        ReadOp::GetBso(params) => ReadOut::Bso(get_bso(tx, &params).await?),
+        ReadOp::GetBso(params) => ReadOut::Bso(get_bso(tx, params).await?),
         ReadOp::Ping => {
             tx.ping().await?;
             ReadOut::Done
@@ -153,7 +157,12 @@ async fn named<T: ReadTx, V>(tx: &mut T, rows: Vec<(i32, V)>) -> ApiResult<BTree
 }
 
 async fn usage_bytes<T: ReadTx>(tx: &mut T, user: &T::User, now: SyncTimestamp) -> ApiResult<i64> {
-    Ok(tx.record_bytes(user, now).await?.iter().map(|(_, b)| b).sum())
+    Ok(tx
+        .record_bytes(user, now)
+        .await?
+        .iter()
+        .map(|(_, b)| b)
+        .sum())
 }
 
 pub async fn info<T: ReadTx>(
@@ -177,7 +186,10 @@ pub async fn info<T: ReadTx>(
         }
         InfoKind::Usage => {
             let rows = tx.record_bytes(&user, now).await?;
-            let kib = rows.into_iter().map(|(c, b)| (c, b as f64 / 1024.0)).collect();
+            let kib = rows
+                .into_iter()
+                .map(|(c, b)| (c, b as f64 / 1024.0))
+                .collect();
             InfoBody::Usage(named(tx, kib).await?)
         }
         InfoKind::Quota => InfoBody::Quota(usage_bytes(tx, &user, now).await? as f64 / 1024.0),
@@ -264,9 +276,19 @@ pub async fn stream_bsos<T: ReadTx>(
         let page = page(ts, (first, next));
         return listing::send(out, Ok(Listing::Head { page, more: false })).await;
     }
-    let head = page(ts, list_page(tx, &user, cid, &listing::head_query(q), now, max).await?);
+    let head = page(
+        ts,
+        list_page(tx, &user, cid, &listing::head_query(q), now, max).await?,
+    );
     let total = head.items.len();
-    listing::send(out, Ok(Listing::Head { page: head, more: true })).await?;
+    listing::send(
+        out,
+        Ok(Listing::Head {
+            page: head,
+            more: true,
+        }),
+    )
+    .await?;
     let (mut sent, mut offset) = (first.len(), next);
     listing::send(out, Ok(Listing::Records(first))).await?;
     while let (Some(from), Some(n)) = (offset, listing::next_chunk(total, sent)) {
@@ -427,8 +449,7 @@ async fn commit_batch<T: WriteTx>(
     } else {
         0
     };
-    let mut pending: HashMap<&str, &BsoUpdate> =
-        last.iter().map(|u| (u.id.as_str(), u)).collect();
+    let mut pending: HashMap<&str, &BsoUpdate> = last.iter().map(|u| (u.id.as_str(), u)).collect();
     let (mut records, mut bytes) = (0i64, 0i64);
     let mut after: Option<String> = None;
     loop {

@@ -15,7 +15,7 @@ use super::settings::TokenserverSettings;
 use super::users::{NewRow, RETIRED};
 use super::{TokenserverError, TsResult};
 use crate::auth::{Secrets, TokenPayload, new_salt};
-use crate::db::tokenserver::{
+use crate::tokenserver::db::{
     SYNC_SERVICE, SelfNode, Service, SharedTokenserverDb, UserLookup, UserRecord, UserUpdate,
 };
 

@@ -5,6 +5,7 @@
 //! db/tokenserver/.
 
 pub mod claims;
+pub mod db;
 pub mod error;
 pub mod fxa;
 pub mod fxa_guard;

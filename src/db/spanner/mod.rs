@@ -221,7 +221,7 @@ impl Backend for SpannerStorage {
                 tx: &mut ro,
                 step: this.deadline,
             };
-            units::read(&mut tx, &this.config, op).await
+            units::read(&mut tx, &this.config, &op).await
         })
         .await
     }
@@ -234,13 +234,11 @@ impl Backend for SpannerStorage {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let mut rw = tokio::time::timeout(
-                    this.deadline,
-                    this.client.begin_read_write_transaction(),
-                )
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(client_error)?;
+                let mut rw =
+                    tokio::time::timeout(this.deadline, this.client.begin_read_write_transaction())
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(client_error)?;
                 let body = async {
                     let mut tx = SpannerTx {
                         tx: &mut rw,

@@ -194,11 +194,7 @@ impl<T: DerefMut<Target = Transaction> + Send> ReadTx for SpannerTx<'_, T> {
     }
 
     /// Placeholder rows read as 0.
-    async fn collection_ts(
-        &mut self,
-        user: &UserId,
-        cid: i32,
-    ) -> ApiResult<Option<SyncTimestamp>> {
+    async fn collection_ts(&mut self, user: &UserId, cid: i32) -> ApiResult<Option<SyncTimestamp>> {
         let stmt = collection_stmt(
             "SELECT UNIX_MILLIS(modified) AS m FROM user_collections \
              WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid AND collection_id = @cid",
@@ -250,11 +246,19 @@ impl<T: DerefMut<Target = Transaction> + Send> ReadTx for SpannerTx<'_, T> {
             .collect())
     }
 
-    async fn record_counts(&mut self, user: &UserId, now: SyncTimestamp) -> ApiResult<Vec<(i32, i64)>> {
+    async fn record_counts(
+        &mut self,
+        user: &UserId,
+        now: SyncTimestamp,
+    ) -> ApiResult<Vec<(i32, i64)>> {
         self.per_collection(user, "COUNT(*)", now).await
     }
 
-    async fn record_bytes(&mut self, user: &UserId, now: SyncTimestamp) -> ApiResult<Vec<(i32, i64)>> {
+    async fn record_bytes(
+        &mut self,
+        user: &UserId,
+        now: SyncTimestamp,
+    ) -> ApiResult<Vec<(i32, i64)>> {
         self.per_collection(user, BYTES, now).await
     }
 
@@ -422,7 +426,11 @@ impl<T: DerefMut<Target = Transaction> + Send> ReadTx for SpannerTx<'_, T> {
             .collect()
     }
 
-    async fn staged_totals(&mut self, scope: &Scope<UserId>, batch: &String) -> ApiResult<(i64, i64)> {
+    async fn staged_totals(
+        &mut self,
+        scope: &Scope<UserId>,
+        batch: &String,
+    ) -> ApiResult<(i64, i64)> {
         let stmt = batch_stmt(
             "SELECT COUNT(*) AS n, SUM(BYTE_LENGTH(payload)) AS b FROM batch_bsos \
              WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid AND collection_id = @cid AND batch_id = @batch",
@@ -480,7 +488,12 @@ impl WriteTx for SpannerTx<'_, ReadWriteTransaction> {
         Ok(SyncTimestamp::ZERO)
     }
 
-    async fn touch_collection(&mut self, user: &UserId, cid: i32, t: SyncTimestamp) -> ApiResult<()> {
+    async fn touch_collection(
+        &mut self,
+        user: &UserId,
+        cid: i32,
+        t: SyncTimestamp,
+    ) -> ApiResult<()> {
         let stmt = param(
             collection_stmt(
                 "UPDATE user_collections SET modified = TIMESTAMP_MILLIS(@t) \
@@ -508,7 +521,12 @@ impl WriteTx for SpannerTx<'_, ReadWriteTransaction> {
     }
 
     /// INSERT OR UPDATE of whole rows (eight cells per record: the mutation budget).
-    async fn write_rows(&mut self, user: &UserId, cid: i32, records: &[StoredBso]) -> ApiResult<()> {
+    async fn write_rows(
+        &mut self,
+        user: &UserId,
+        cid: i32,
+        records: &[StoredBso],
+    ) -> ApiResult<()> {
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {

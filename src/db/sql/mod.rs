@@ -45,6 +45,15 @@ pub fn stored((id, payload, sortindex, Ms(modified), Ms(expiry)): BsoRow) -> Sto
     }
 }
 
+/// One step of the TTL purge on a SQL engine (`StorageDb::purge_expired_chunk`).
+pub trait SqlPurge {
+    fn purge_expired_chunk(
+        &mut self,
+        now: crate::protocol::SyncTimestamp,
+        max_rows: i64,
+    ) -> impl Future<Output = ApiResult<crate::db::PurgeStats>> + Send;
+}
+
 /// What a table layout adds to the shared statements: record inserts and the batch tables
 /// (`mysql_layout` for SQLite and MySQL; PostgreSQL's in `postgres.rs`).
 pub trait BatchTables: Send {

@@ -32,7 +32,7 @@ macro_rules! sql_statements {
             use $schema::{bso, collections, user_collections};
 
             use $crate::db::rules::{Staged, TOMBSTONE};
-            use $crate::db::sql::{BatchTables, BsoRow, CHUNK, Ms, SqlTx, stored};
+            use $crate::db::sql::{BatchTables, BsoRow, CHUNK, Ms, SqlPurge, SqlTx, stored};
             use $crate::db::tx::{ReadTx, Scope, WriteTx};
             use $crate::db::{PurgeStats, UserId};
             use $crate::error::ApiResult;
@@ -67,11 +67,14 @@ macro_rules! sql_statements {
 
                 $crate::db::sql::statements::sql_statements!(@lock $lock $( ($placeholder) )?, [$($aw)*]);
 
+            }
+
+            impl SqlPurge for SqlTx<'_, $Conn> {
                 /// One purge step (`db::purge`): up to `max_rows` expired records of any
                 /// users, found by the ttl index and deleted by key (and still expired: a
                 /// writer may have renewed one meanwhile), then up to `max_rows` rows of
                 /// expired batches.
-                pub async fn purge_expired_chunk(&mut self, now: SyncTimestamp, max_rows: i64) -> ApiResult<PurgeStats> {
+                async fn purge_expired_chunk(&mut self, now: SyncTimestamp, max_rows: i64) -> ApiResult<PurgeStats> {
                     let now = now.as_i64();
                     let keys: Vec<(i64, i32, String)> = bso::table
                         .filter(bso::ttl.le(Ms(now)))

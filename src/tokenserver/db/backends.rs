@@ -8,11 +8,13 @@ use diesel::r2d2::{ConnectionManager, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::{SelfNode, Service, TokenserverDb, TsResult, UserLookup, UserRecord, UserUpdate};
+use crate::db::pooled::{Pooled, ServerConn, Unit, UnitError};
 use crate::db::sql::PoolSettings;
 use crate::db::sqlite::SqliteTarget;
 use crate::db::{mysql, postgres};
 use crate::error::ApiError;
 use crate::tokenserver::TokenserverError;
+use futures::future::BoxFuture;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tokenserver/sqlite");
 const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/tokenserver/mysql");
@@ -24,10 +26,16 @@ const SETTING: &str = "tokenserver.database_url";
 
 pub fn open(url: &str, pool: &PoolSettings) -> Result<super::SharedTokenserverDb, String> {
     if mysql::is_mysql_url(url) {
-        return Ok(std::sync::Arc::new(MysqlTokenserverDb::open(url, pool)?));
+        type Db = PooledTokenserverDb<diesel_async::AsyncMysqlConnection>;
+        return Ok(std::sync::Arc::new(Db::open(url, pool, MYSQL_MIGRATIONS)?));
     }
     if postgres::is_postgres_url(url) {
-        return Ok(std::sync::Arc::new(PostgresTokenserverDb::open(url, pool)?));
+        type Db = PooledTokenserverDb<diesel_async::AsyncPgConnection>;
+        return Ok(std::sync::Arc::new(Db::open(
+            url,
+            pool,
+            POSTGRES_MIGRATIONS,
+        )?));
     }
     match SqliteTarget::from_url(url) {
         Some(target) => Ok(std::sync::Arc::new(SqliteTokenserverDb::open(
@@ -41,9 +49,7 @@ pub fn open(url: &str, pool: &PoolSettings) -> Result<super::SharedTokenserverDb
 }
 
 mod sqlite_ops {
-    pub type Conn = diesel::SqliteConnection;
-    use diesel::RunQueryDsl;
-    crate::db::tokenserver::ops::tokenserver_ops!([] [] [] last_insert_id = "last_insert_rowid()");
+    crate::tokenserver::db::ops::tokenserver_ops!(conn = diesel::SqliteConnection, run = diesel::RunQueryDsl, [] [] [] last_insert_id = "last_insert_rowid()");
 }
 
 pub struct SqliteTokenserverDb {
@@ -118,111 +124,79 @@ impl TokenserverDb for SqliteTokenserverDb {
     }
 }
 
-/// `$Db` over a deadpool of `$Conn`, its statements in module `$ops`; `$before` runs before each
-/// transaction (the isolation level).
-macro_rules! pooled_tokenserver {
-    ($Db:ident, $Conn:ty, $ops:ident, $migrations:expr, before = $before:expr) => {
-        pub struct $Db {
-            pool: diesel_async::pooled_connection::deadpool::Pool<$Conn>,
-            settings: PoolSettings,
-        }
+/// The tokenserver database on a server engine: the same pooled mechanism as the storage
+/// API's (`db::pooled`: isolation levels, conflict retries, units on tasks of their own).
+pub struct PooledTokenserverDb<C: ServerConn> {
+    pool: Pooled<C>,
+}
 
-        impl $Db {
-            pub fn open(url: &str, settings: &PoolSettings) -> Result<Self, String> {
-                if settings.run_migrations {
-                    crate::db::pooled::run_embedded_migrations!($Conn, url, $migrations, SETTING)?;
-                }
-                let manager =
-                    diesel_async::pooled_connection::AsyncDieselConnectionManager::<$Conn>::new(
-                        url,
-                    );
-                let pool = diesel_async::pooled_connection::deadpool::Pool::builder(manager)
-                    .max_size(settings.max_size.max(1) as usize)
-                    .build()
-                    .map_err(|e| format!("{SETTING}: {e}"))?;
-                Ok($Db {
-                    pool,
-                    settings: settings.clone(),
-                })
-            }
+impl<C: ServerConn> PooledTokenserverDb<C> {
+    pub fn open(
+        url: &str,
+        settings: &PoolSettings,
+        migrations: EmbeddedMigrations,
+    ) -> Result<Self, String> {
+        if settings.run_migrations {
+            C::migrate(url, migrations, SETTING)?;
         }
+        Ok(PooledTokenserverDb {
+            pool: Pooled::open(url, settings, SETTING)?,
+        })
+    }
+}
 
-        impl $Db {
-            /// One transaction, on a task of its own so that it finishes even when the client
-            /// goes away.
-            async fn unit<T, F>(&self, f: F) -> TsResult<T>
-            where
-                T: Send + 'static,
-                F: for<'c> Fn(&'c mut $Conn) -> futures::future::BoxFuture<'c, TsResult<T>>
-                    + Send
-                    + Sync
-                    + 'static,
-            {
-                crate::db::pooled::pool_checkout!($Conn);
-                let pool = self.pool.clone();
-                let settings = self.settings.clone();
-                // The tokenserver bounds its requests itself (`database_request_timeout`, 504).
-                crate::db::pooled::detached(std::time::Duration::MAX, async move {
-                    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
-                    let mut obj = connection(&pool, &settings).await?;
-                    let conn: &mut $Conn = &mut obj;
-                    // Run again when the engine rolled it back to settle a conflict, as the
-                    // storage API's units of work are (`retry::SQL`).
-                    let mut attempt = 0;
-                    loop {
-                        attempt += 1;
-                        conn.batch_execute($before).await?;
-                        let result = conn.transaction(async |c| f(c).await).await;
-                        let retry = result
-                            .as_ref()
-                            .err()
-                            .and_then(|e| e.fault)
-                            .and_then(|fault| {
-                                crate::db::retry::SQL
-                                    .next_delay(attempt, &crate::error::ErrorKind::Database(fault))
-                            });
-                        match retry {
-                            Some(wait) => tokio::time::sleep(wait).await,
-                            None => return Ok(result),
-                        }
-                    }
-                })
-                .await
-                .map_err(TokenserverError::from)?
-            }
-        }
+impl<C: ServerConn> PooledTokenserverDb<C> {
+    /// One write transaction. The tokenserver bounds its requests itself
+    /// (`database_request_timeout`, 504), so the pool sets no deadline here.
+    async fn unit<T: Send + 'static>(
+        &self,
+        unit: impl Unit<C, T, TokenserverError> + 'static,
+    ) -> TsResult<T> {
+        self.pool.write_unit(std::time::Duration::MAX, unit).await
+    }
+}
 
+impl UnitError for TokenserverError {
+    fn fault(&self) -> Option<crate::db::fault::DbFault> {
+        self.fault
+    }
+}
+
+/// The statements of one engine (`tokenserver_ops!`), as the pooled type calls them.
+macro_rules! pooled_tokenserver_db {
+    ($Conn:ty, $ops:ident) => {
         #[async_trait]
-        impl TokenserverDb for $Db {
+        impl TokenserverDb for PooledTokenserverDb<$Conn> {
             async fn service(&self, name: &str) -> TsResult<Option<Service>> {
                 let name = name.to_owned();
-                self.unit(move |c| {
+                self.unit(move |c: &mut $Conn| {
                     let name = name.clone();
-                    Box::pin(async move { Ok($ops::service(c, &name).await?) })
+                    Box::pin(async move { Ok($ops::service(c, &name).await?) }) as BoxFuture<'_, _>
                 })
                 .await
             }
             async fn get_or_create_user(&self, lookup: UserLookup) -> TsResult<UserRecord> {
-                self.unit(move |c| {
+                self.unit(move |c: &mut $Conn| {
                     let lookup = lookup.clone();
                     Box::pin(async move { $ops::get_or_create_user(c, &lookup).await })
+                        as BoxFuture<'_, _>
                 })
                 .await
             }
             async fn update_user(&self, update: UserUpdate) -> TsResult<i64> {
-                self.unit(move |c| {
+                self.unit(move |c: &mut $Conn| {
                     let update = update.clone();
-                    Box::pin(async move { $ops::update_user(c, &update).await })
+                    Box::pin(async move { $ops::update_user(c, &update).await }) as BoxFuture<'_, _>
                 })
                 .await
             }
             async fn ensure_node(&self, service: i32, url: &str, capacity: i32) -> TsResult<()> {
                 let url = url.to_owned();
-                self.unit(move |c| {
+                self.unit(move |c: &mut $Conn| {
                     let url = url.clone();
                     Box::pin(
                         async move { Ok($ops::ensure_node(c, service, &url, capacity).await?) },
-                    )
+                    ) as BoxFuture<'_, _>
                 })
                 .await
             }
@@ -233,22 +207,22 @@ macro_rules! pooled_tokenserver {
                 capacity: i32,
             ) -> TsResult<SelfNode> {
                 let url = url.to_owned();
-                self.unit(move |c| {
+                self.unit(move |c: &mut $Conn| {
                     let url = url.clone();
                     Box::pin(async move {
                         Ok($ops::ensure_self_node(c, service, &url, capacity).await?)
-                    })
+                    }) as BoxFuture<'_, _>
                 })
                 .await
             }
             async fn retire_user(&self, service: i32, email: &str, now_ms: i64) -> TsResult<()> {
                 let email = email.to_owned();
-                self.unit(move |c| {
+                self.unit(move |c: &mut $Conn| {
                     let email = email.clone();
                     Box::pin(async move {
                         $ops::retire_user(c, service, &email, now_ms).await?;
                         Ok(())
-                    })
+                    }) as BoxFuture<'_, _>
                 })
                 .await
             }
@@ -259,21 +233,21 @@ macro_rules! pooled_tokenserver {
                 generation: i64,
             ) -> TsResult<()> {
                 let email = email.to_owned();
-                self.unit(move |c| {
+                self.unit(move |c: &mut $Conn| {
                     let email = email.clone();
                     Box::pin(async move {
                         $ops::raise_generation(c, service, &email, generation).await?;
                         Ok(())
-                    })
+                    }) as BoxFuture<'_, _>
                 })
                 .await
             }
             async fn check(&self) -> TsResult<()> {
-                self.unit(|c| {
+                self.unit(|c: &mut $Conn| {
                     Box::pin(async move {
                         $ops::ping(c).await?;
                         Ok(())
-                    })
+                    }) as BoxFuture<'_, _>
                 })
                 .await
             }
@@ -282,30 +256,12 @@ macro_rules! pooled_tokenserver {
 }
 
 mod mysql_ops {
-    pub type Conn = diesel_async::AsyncMysqlConnection;
-    use diesel_async::RunQueryDsl;
-    crate::db::tokenserver::ops::tokenserver_ops!([async] [.await] [for_update] last_insert_id = "CAST(LAST_INSERT_ID() AS SIGNED)");
+    crate::tokenserver::db::ops::tokenserver_ops!(conn = diesel_async::AsyncMysqlConnection, run = diesel_async::RunQueryDsl, [async] [.await] [for_update] last_insert_id = "CAST(LAST_INSERT_ID() AS SIGNED)");
 }
 
 mod postgres_ops {
-    pub type Conn = diesel_async::AsyncPgConnection;
-    use diesel_async::RunQueryDsl;
-    crate::db::tokenserver::ops::tokenserver_ops!([async] [.await] [for_update] last_insert_id = "lastval()");
+    crate::tokenserver::db::ops::tokenserver_ops!(conn = diesel_async::AsyncPgConnection, run = diesel_async::RunQueryDsl, [async] [.await] [for_update] last_insert_id = "lastval()");
 }
 
-// Reads after the first lock must see rows other requests committed meanwhile.
-pooled_tokenserver!(
-    MysqlTokenserverDb,
-    diesel_async::AsyncMysqlConnection,
-    mysql_ops,
-    MYSQL_MIGRATIONS,
-    before = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
-);
-// Explicit, in case the server's default isolation is stricter.
-pooled_tokenserver!(
-    PostgresTokenserverDb,
-    diesel_async::AsyncPgConnection,
-    postgres_ops,
-    POSTGRES_MIGRATIONS,
-    before = "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED"
-);
+pooled_tokenserver_db!(diesel_async::AsyncMysqlConnection, mysql_ops);
+pooled_tokenserver_db!(diesel_async::AsyncPgConnection, postgres_ops);

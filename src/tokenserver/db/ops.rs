@@ -1,18 +1,22 @@
 //! The tokenserver's statements, written once. `tokenserver_ops!` is instantiated per connection
-//! type like `storage_ops!`: `[async] [.await]` or `[] []`, then `[for_update]` where the engine
-//! has row locks (MySQL, PostgreSQL; SQLite's `BEGIN IMMEDIATE` already holds the file), then
-//! the SQL that reads the last auto-increment id. The instantiating module provides `Conn`.
-//! Each function runs inside a transaction the backend opened; none commits.
+//! type (a macro for the same reasons as `db::sql::statements`: diesel's per-connection query
+//! types and SQLite's synchronous connection): `conn = C, run = RunQueryDsl`, `[async] [.await]`
+//! or `[] []`, then `[for_update]` where the engine has row locks (MySQL, PostgreSQL; SQLite's
+//! `BEGIN IMMEDIATE` already holds the file), then the SQL that reads the last auto-increment
+//! id. Each function runs inside a transaction the backend opened; none commits.
 
 /// The operations; see the module comment for the arguments.
 macro_rules! tokenserver_ops {
-    ([$($asy:tt)*] [$($aw:tt)*] [$($lock:ident)?] last_insert_id = $last_id:expr) => {
+    (conn = $Conn:ty, run = $Run:path, [$($asy:tt)*] [$($aw:tt)*] [$($lock:ident)?] last_insert_id = $last_id:expr) => {
+        pub type Conn = $Conn;
+        #[allow(unused_imports)]
+        use $Run;
         use diesel::dsl::sql;
         use diesel::sql_types::BigInt;
         use diesel::{BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, QueryResult};
 
-        use $crate::db::tokenserver::schema::{nodes, services, users};
-        use $crate::db::tokenserver::{Service, TsResult, UserLookup, UserRecord, UserUpdate};
+        use $crate::tokenserver::db::schema::{nodes, services, users};
+        use $crate::tokenserver::db::{Service, TsResult, UserLookup, UserRecord, UserUpdate};
         use $crate::tokenserver::TokenserverError;
         use $crate::tokenserver::nodes::{Node, assign};
         use $crate::tokenserver::users::{MAX_ROWS, NewRow, Plan, RETIRED, UserRow, decide};
@@ -294,8 +298,8 @@ macro_rules! tokenserver_ops {
         /// The server as its own node (no `init_node_url`): inserted when the service has no
         /// node; renamed to `url` when the service's only node has no users yet (the self-hoster
         /// set `public_url` after a first start). Anything else is the operator's and stays.
-        pub $($asy)* fn ensure_self_node(conn: &mut Conn, service: i32, url: &str, capacity: i32) -> QueryResult<$crate::db::tokenserver::SelfNode> {
-            use $crate::db::tokenserver::SelfNode;
+        pub $($asy)* fn ensure_self_node(conn: &mut Conn, service: i32, url: &str, capacity: i32) -> QueryResult<$crate::tokenserver::db::SelfNode> {
+            use $crate::tokenserver::db::SelfNode;
             let _ = allocate_lock(conn, service) $($aw)*?;
             let existing: Vec<(i64, String)> = nodes::table
                 .filter(nodes::service.eq(service))
