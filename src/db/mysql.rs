@@ -37,7 +37,7 @@ impl crate::db::pooled::ServerConn for AsyncMysqlConnection {
     fn session(settings: &crate::db::sql::PoolSettings) -> String {
         format!(
             "SET SESSION innodb_lock_wait_timeout = {}",
-            settings.request_timeout_secs.max(1) + 5
+            settings.request_timeout_secs.clamp(1, 1 << 20) + 5
         )
     }
     const BEFORE_WRITE: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";

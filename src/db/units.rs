@@ -652,7 +652,11 @@ impl<B: Backend> StorageDb for B {
         let head = listing::receive(rx);
         tokio::pin!(read, head);
         tokio::select! {
-            head = &mut head => head,
+            head = &mut head => match head {
+                Ok(stream) => Ok(stream),
+                // The channel closed without a head: the engine's own error says why.
+                Err(e) => read.await.and(Err(e)),
+            },
             done = &mut read => match done {
                 Err(e) => Err(e),
                 Ok(_) => head.await,

@@ -98,8 +98,11 @@ impl TokenserverSettings {
             connection_lifespan_secs: None,
             connection_max_idle_secs: None,
             run_migrations: self.run_migrations,
-            // Unused: token requests are bounded by `database_request_timeout` (504) instead.
-            request_timeout_secs: u32::MAX,
+            // Token requests are bounded by `database_request_timeout` (504) in the issuer,
+            // not by the pool; this only sets how long MySQL lets a row lock wait.
+            request_timeout_secs: self
+                .database_request_timeout
+                .map_or(60, |s| s.clamp(1, 3600) as u32),
         }
     }
 

@@ -6,276 +6,342 @@
 //! arguments as `sql_statements!`.
 
 macro_rules! mysql_layout {
-    (conn = $Conn:ty, db = $Db:ty, staged_bytes_sum = $staged_bytes_sum:expr, run = $Run:path, [$($aw:tt)*]) => {
+    (
+        conn = $Conn:ty, db = $Db:ty, staged_bytes_sum = $staged_bytes_sum:expr, run = $Run:path,
+        [$($aw:tt)*]
+    ) => {
         const _: () = {
-        #[allow(unused_imports)]
-        use $Run;
-        use diesel::dsl::{count_star, sql};
-        use diesel::sql_types::{BigInt, Nullable};
-        use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
+            #[allow(unused_imports)]
+            use $Run;
+            use diesel::dsl::{count_star, sql};
+            use diesel::sql_types::{BigInt, Nullable};
+            use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 
-        use $crate::db::rules::{COMMIT_CHUNK, Staged};
-        use $crate::db::sql::schema::{batch_upload_items, batch_uploads, bso};
-        use $crate::db::sql::{BatchTables, CHUNK, Ms, SqlTx};
-        use $crate::db::tx::Scope;
-        use $crate::error::{ApiError, ApiResult};
-        use $crate::protocol::{BsoUpdate, StoredBso, batch_id};
+            use $crate::db::rules::{COMMIT_CHUNK, Staged};
+            use $crate::db::sql::schema::{batch_upload_items, batch_uploads, bso};
+            use $crate::db::sql::{BatchTables, CHUNK, Ms, SqlTx};
+            use $crate::db::tx::Scope;
+            use $crate::error::{ApiError, ApiResult};
+            use $crate::protocol::{BsoUpdate, StoredBso, batch_id};
 
-        /// A batch as this layout keys it.
-        type BatchKey = i64;
+            /// A batch as this layout keys it.
+            type BatchKey = i64;
 
-        #[derive(diesel::prelude::Insertable)]
-        #[diesel(table_name = bso)]
-        struct NewBso<'a> {
-            userid: i64,
-            collection: i32,
-            id: &'a str,
-            sortindex: Option<i32>,
-            payload: &'a str,
-            payload_size: i32,
-            modified: Ms,
-            ttl: Ms,
-        }
-
-        #[derive(diesel::prelude::Insertable)]
-        #[diesel(table_name = batch_upload_items)]
-        struct NewBatchItem<'a> {
-            batch: i64,
-            userid: i64,
-            id: &'a str,
-            sortindex: Option<i32>,
-            payload: Option<&'a str>,
-            payload_size: Option<i32>,
-            ttl_offset: Option<i32>,
-        }
-
-        impl SqlTx<'_, $Conn> {
-            async fn drop_batches(&mut self, uid: i64, batches: Vec<i64>) -> ApiResult<()> {
-                for chunk in batches.chunks(CHUNK) {
-                    diesel::delete(
-                        batch_upload_items::table
-                            .filter(batch_upload_items::userid.eq(uid))
-                            .filter(batch_upload_items::batch.eq_any(chunk)),
-                    )
-                    .execute(&mut *self.0)$($aw)*?;
-                    diesel::delete(
-                        batch_uploads::table.filter(batch_uploads::userid.eq(uid)).filter(batch_uploads::batch.eq_any(chunk)),
-                    )
-                    .execute(&mut *self.0)$($aw)*?;
-                }
-                Ok(())
-            }
-        }
-
-        impl BatchTables for SqlTx<'_, $Conn> {
-            type Batch = BatchKey;
-
-            fn encode_batch(key: &BatchKey) -> String {
-                batch_id::encode(*key)
+            #[derive(diesel::prelude::Insertable)]
+            #[diesel(table_name = bso)]
+            struct NewBso<'a> {
+                userid: i64,
+                collection: i32,
+                id: &'a str,
+                sortindex: Option<i32>,
+                payload: &'a str,
+                payload_size: i32,
+                modified: Ms,
+                ttl: Ms,
             }
 
-            async fn insert_bso_rows(&mut self, uid: i64, cid: i32, rows: &[StoredBso]) -> ApiResult<()> {
-                let values: Vec<NewBso<'_>> = rows
-                    .iter()
-                    .map(|r| NewBso {
-                        userid: uid,
-                        collection: cid,
-                        id: &r.id,
-                        sortindex: r.sortindex,
-                        payload: &r.payload,
-                        payload_size: r.payload.len() as i32,
-                        modified: Ms(r.modified),
-                        ttl: Ms(r.expiry),
-                    })
-                    .collect();
-                diesel::insert_into(bso::table).values(values).execute(&mut *self.0)$($aw)*?;
-                Ok(())
+            #[derive(diesel::prelude::Insertable)]
+            #[diesel(table_name = batch_upload_items)]
+            struct NewBatchItem<'a> {
+                batch: i64,
+                userid: i64,
+                id: &'a str,
+                sortindex: Option<i32>,
+                payload: Option<&'a str>,
+                payload_size: Option<i32>,
+                ttl_offset: Option<i32>,
             }
 
-            async fn drop_batch(&mut self, scope: &Scope<i64>, key: &BatchKey) -> ApiResult<()> {
-                self.drop_batches(scope.user, vec![*key]).await
-            }
-
-            async fn drop_collection_batches(&mut self, uid: i64, cid: i32) -> ApiResult<()> {
-                let batches: Vec<i64> = batch_uploads::table
-                    .filter(batch_uploads::userid.eq(uid))
-                    .filter(batch_uploads::collection.eq(cid))
-                    .select(batch_uploads::batch)
-                    .load(&mut *self.0)$($aw)*?;
-                self.drop_batches(uid, batches).await
-            }
-
-            async fn drop_user_batches(&mut self, uid: i64) -> ApiResult<()> {
-                diesel::delete(batch_upload_items::table.filter(batch_upload_items::userid.eq(uid))).execute(&mut *self.0)$($aw)*?;
-                diesel::delete(batch_uploads::table.filter(batch_uploads::userid.eq(uid))).execute(&mut *self.0)$($aw)*?;
-                Ok(())
-            }
-
-            /// Up to `max_rows` staged records of expired batches, or when none is left, up to
-            /// `max_rows` expired batches. Batch ids start with their creation ms, so the
-            /// primary keys find both.
-            async fn purge_batches(&mut self, now: i64, max_rows: i64) -> ApiResult<(usize, usize)> {
-                let cutoff = now - batch_id::BATCH_LIFETIME_MS - 10;
-                let items: Vec<(i64, i64, String)> = batch_upload_items::table
-                    .filter(batch_upload_items::batch.lt(cutoff))
-                    .select((batch_upload_items::batch, batch_upload_items::userid, batch_upload_items::id))
-                    .limit(max_rows)
-                    .load(&mut *self.0)$($aw)*?;
-                if !items.is_empty() {
-                    let mut by_batch: std::collections::BTreeMap<(i64, i64), Vec<String>> = Default::default();
-                    for (batch, uid, id) in items {
-                        by_batch.entry((batch, uid)).or_default().push(id);
+            impl SqlTx<'_, $Conn> {
+                async fn drop_batches(&mut self, uid: i64, batches: Vec<i64>) -> ApiResult<()> {
+                    for chunk in batches.chunks(CHUNK) {
+                        diesel::delete(
+                            batch_upload_items::table
+                                .filter(batch_upload_items::userid.eq(uid))
+                                .filter(batch_upload_items::batch.eq_any(chunk)),
+                        )
+                        .execute(&mut *self.0)$($aw)*?;
+                        diesel::delete(
+                            batch_uploads::table
+                                .filter(batch_uploads::userid.eq(uid))
+                                .filter(batch_uploads::batch.eq_any(chunk)),
+                        )
+                        .execute(&mut *self.0)$($aw)*?;
                     }
-                    let mut staged = 0;
-                    for ((batch, uid), ids) in by_batch {
-                        for chunk in ids.chunks(CHUNK) {
-                            staged += diesel::delete(
-                                batch_upload_items::table
-                                    .filter(batch_upload_items::batch.eq(batch))
-                                    .filter(batch_upload_items::userid.eq(uid))
-                                    .filter(batch_upload_items::id.eq_any(chunk)),
-                            )
-                            .execute(&mut *self.0)$($aw)*?;
-                        }
-                    }
-                    return Ok((0, staged));
+                    Ok(())
                 }
-                let batches: Vec<(i64, i64)> = batch_uploads::table
-                    .filter(batch_uploads::batch.lt(cutoff))
-                    .select((batch_uploads::batch, batch_uploads::userid))
-                    .limit(max_rows)
-                    .load(&mut *self.0)$($aw)*?;
-                let mut deleted = 0;
-                for (batch, uid) in batches {
-                    deleted += diesel::delete(batch_uploads::table.find((batch, uid))).execute(&mut *self.0)$($aw)*?;
-                }
-                Ok((deleted, 0))
             }
 
-            async fn staged_items(&mut self, scope: &Scope<i64>, batch: &BatchKey, which: Staged<'_>) -> ApiResult<Vec<BsoUpdate>> {
-                let (uid, batch) = (scope.user, *batch);
-                let base = || {
-                    batch_upload_items::table
-                        .filter(batch_upload_items::userid.eq(uid))
-                        .filter(batch_upload_items::batch.eq(batch))
-                        .select((
-                            batch_upload_items::id,
-                            batch_upload_items::sortindex,
-                            batch_upload_items::payload,
-                            batch_upload_items::ttl_offset,
-                        ))
-                        .order(batch_upload_items::id.asc())
-                        .into_boxed::<$Db>()
-                };
-                let mut rows: Vec<(String, Option<i32>, Option<String>, Option<i32>)> = Vec::new();
-                match which {
-                    Staged::After(after) => {
-                        let mut query = base();
-                        if let Some(after) = after {
-                            query = query.filter(batch_upload_items::id.gt(after.to_owned()));
-                        }
-                        rows = query.limit(COMMIT_CHUNK).load(&mut *self.0)$($aw)*?;
-                    }
-                    Staged::Ids(ids) => {
-                        for chunk in ids.chunks(CHUNK) {
-                            let found: Vec<_> = base().filter(batch_upload_items::id.eq_any(chunk)).load(&mut *self.0)$($aw)*?;
-                            rows.extend(found);
-                        }
-                    }
-                }
-                Ok(rows
-                    .into_iter()
-                    .map(|(id, sortindex, payload, ttl)| BsoUpdate { id, payload, sortindex, ttl: ttl.map(|t| t.max(0) as u32) })
-                    .collect())
-            }
+            impl BatchTables for SqlTx<'_, $Conn> {
+                type Batch = BatchKey;
 
-            async fn put_staged(&mut self, scope: &Scope<i64>, batch: &BatchKey, merged: &[BsoUpdate]) -> ApiResult<()> {
-                for chunk in merged.chunks(CHUNK) {
-                    let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
-                    diesel::delete(
-                        batch_upload_items::table
-                            .filter(batch_upload_items::userid.eq(scope.user))
-                            .filter(batch_upload_items::batch.eq(*batch))
-                            .filter(batch_upload_items::id.eq_any(chunk_ids)),
-                    )
-                    .execute(&mut *self.0)$($aw)*?;
-                    let values: Vec<NewBatchItem<'_>> = chunk
+                fn encode_batch(key: &BatchKey) -> String {
+                    batch_id::encode(*key)
+                }
+
+                async fn insert_bso_rows(
+                    &mut self,
+                    uid: i64,
+                    cid: i32,
+                    rows: &[StoredBso],
+                ) -> ApiResult<()> {
+                    let values: Vec<NewBso<'_>> = rows
                         .iter()
-                        .map(|u| NewBatchItem {
-                            batch: *batch,
-                            userid: scope.user,
-                            id: &u.id,
-                            sortindex: u.sortindex,
-                            payload: u.payload.as_deref(),
-                            payload_size: u.payload.as_ref().map(|p| p.len() as i32),
-                            ttl_offset: u.ttl.map(|t| t as i32),
+                        .map(|r| NewBso {
+                            userid: uid,
+                            collection: cid,
+                            id: &r.id,
+                            sortindex: r.sortindex,
+                            payload: &r.payload,
+                            payload_size: r.payload.len() as i32,
+                            modified: Ms(r.modified),
+                            ttl: Ms(r.expiry),
                         })
                         .collect();
-                    diesel::insert_into(batch_upload_items::table).values(values).execute(&mut *self.0)$($aw)*?;
-                }
-                Ok(())
-            }
-
-            async fn staged_totals(&mut self, scope: &Scope<i64>, batch: &BatchKey) -> ApiResult<(i64, i64)> {
-                let (records, bytes): (i64, Option<i64>) = batch_upload_items::table
-                    .filter(batch_upload_items::userid.eq(scope.user))
-                    .filter(batch_upload_items::batch.eq(*batch))
-                    .select((count_star(), sql::<Nullable<BigInt>>($staged_bytes_sum)))
-                    .first(&mut *self.0)$($aw)*?;
-                Ok((records, bytes.unwrap_or(0)))
-            }
-
-            async fn find_batch(&mut self, scope: &Scope<i64>, id: &str) -> ApiResult<BatchKey> {
-                let batch = batch_id::decode(id)?;
-                let found: Option<i32> = batch_uploads::table
-                    .find((batch, scope.user))
-                    .select(batch_uploads::collection)
-                    .first(&mut *self.0)$($aw)*
-                    .optional()?;
-                match found {
-                    Some(cid) if cid == scope.cid && !batch_id::is_expired(batch, scope.t.as_i64()) => Ok(batch),
-                    _ => Err(ApiError::bad_request("batch not found")),
-                }
-            }
-
-            async fn create_batch(&mut self, scope: &Scope<i64>) -> ApiResult<BatchKey> {
-                let now = scope.t.as_i64();
-                // Expired batches of this user are dropped here rather than by a purge job.
-                let expired: Vec<i64> = batch_uploads::table
-                    .filter(batch_uploads::userid.eq(scope.user))
-                    .filter(batch_uploads::batch.lt(now - batch_id::BATCH_LIFETIME_MS - 10))
-                    .select(batch_uploads::batch)
-                    .load(&mut *self.0)$($aw)*?;
-                self.drop_batches(scope.user, expired).await?;
-                let first = batch_id::numeric_id(now, scope.user as u64);
-                for candidate in first..first + 5 {
-                    let taken: Option<i64> = batch_uploads::table
-                        .find((candidate, scope.user))
-                        .select(batch_uploads::batch)
-                        .first(&mut *self.0)$($aw)*
-                        .optional()?;
-                    if taken.is_some() {
-                        continue;
-                    }
-                    diesel::insert_into(batch_uploads::table)
-                        .values((
-                            batch_uploads::batch.eq(candidate),
-                            batch_uploads::userid.eq(scope.user),
-                            batch_uploads::collection.eq(scope.cid),
-                        ))
+                    diesel::insert_into(bso::table)
+                        .values(values)
                         .execute(&mut *self.0)$($aw)*?;
-                    // A reused id (possible with this scheme) must start empty.
+                    Ok(())
+                }
+
+                async fn drop_batch(
+                    &mut self,
+                    scope: &Scope<i64>,
+                    key: &BatchKey,
+                ) -> ApiResult<()> {
+                    self.drop_batches(scope.user, vec![*key]).await
+                }
+
+                async fn drop_collection_batches(&mut self, uid: i64, cid: i32) -> ApiResult<()> {
+                    let batches: Vec<i64> = batch_uploads::table
+                        .filter(batch_uploads::userid.eq(uid))
+                        .filter(batch_uploads::collection.eq(cid))
+                        .select(batch_uploads::batch)
+                        .load(&mut *self.0)$($aw)*?;
+                    self.drop_batches(uid, batches).await
+                }
+
+                async fn drop_user_batches(&mut self, uid: i64) -> ApiResult<()> {
                     diesel::delete(
-                        batch_upload_items::table
-                            .filter(batch_upload_items::userid.eq(scope.user))
-                            .filter(batch_upload_items::batch.eq(candidate)),
+                        batch_upload_items::table.filter(batch_upload_items::userid.eq(uid)),
                     )
                     .execute(&mut *self.0)$($aw)*?;
-                    return Ok(candidate);
+                    diesel::delete(batch_uploads::table.filter(batch_uploads::userid.eq(uid)))
+                        .execute(&mut *self.0)$($aw)*?;
+                    Ok(())
                 }
-                Err(ApiError::new($crate::error::ErrorKind::Conflict, "could not allocate a batch id"))
+
+                /// Up to `max_rows` staged records of expired batches, or when none is left, up to
+                /// `max_rows` expired batches. Batch ids start with their creation ms, so the
+                /// primary keys find both.
+                async fn purge_batches(
+                    &mut self,
+                    now: i64,
+                    max_rows: i64,
+                ) -> ApiResult<(usize, usize)> {
+                    let cutoff = now - batch_id::BATCH_LIFETIME_MS - 10;
+                    let items: Vec<(i64, i64, String)> = batch_upload_items::table
+                        .filter(batch_upload_items::batch.lt(cutoff))
+                        .select((
+                            batch_upload_items::batch,
+                            batch_upload_items::userid,
+                            batch_upload_items::id,
+                        ))
+                        .limit(max_rows)
+                        .load(&mut *self.0)$($aw)*?;
+                    if !items.is_empty() {
+                        let mut by_batch: std::collections::BTreeMap<(i64, i64), Vec<String>> =
+                            Default::default();
+                        for (batch, uid, id) in items {
+                            by_batch.entry((batch, uid)).or_default().push(id);
+                        }
+                        let mut staged = 0;
+                        for ((batch, uid), ids) in by_batch {
+                            for chunk in ids.chunks(CHUNK) {
+                                staged += diesel::delete(
+                                    batch_upload_items::table
+                                        .filter(batch_upload_items::batch.eq(batch))
+                                        .filter(batch_upload_items::userid.eq(uid))
+                                        .filter(batch_upload_items::id.eq_any(chunk)),
+                                )
+                                .execute(&mut *self.0)$($aw)*?;
+                            }
+                        }
+                        return Ok((0, staged));
+                    }
+                    let batches: Vec<(i64, i64)> = batch_uploads::table
+                        .filter(batch_uploads::batch.lt(cutoff))
+                        .select((batch_uploads::batch, batch_uploads::userid))
+                        .limit(max_rows)
+                        .load(&mut *self.0)$($aw)*?;
+                    let mut deleted = 0;
+                    for (batch, uid) in batches {
+                        deleted += diesel::delete(batch_uploads::table.find((batch, uid)))
+                            .execute(&mut *self.0)$($aw)*?;
+                    }
+                    Ok((deleted, 0))
+                }
+
+                async fn staged_items(
+                    &mut self,
+                    scope: &Scope<i64>,
+                    batch: &BatchKey,
+                    which: Staged<'_>,
+                ) -> ApiResult<Vec<BsoUpdate>> {
+                    let (uid, batch) = (scope.user, *batch);
+                    let base = || {
+                        batch_upload_items::table
+                            .filter(batch_upload_items::userid.eq(uid))
+                            .filter(batch_upload_items::batch.eq(batch))
+                            .select((
+                                batch_upload_items::id,
+                                batch_upload_items::sortindex,
+                                batch_upload_items::payload,
+                                batch_upload_items::ttl_offset,
+                            ))
+                            .order(batch_upload_items::id.asc())
+                            .into_boxed::<$Db>()
+                    };
+                    let mut rows: Vec<(String, Option<i32>, Option<String>, Option<i32>)> =
+                        Vec::new();
+                    match which {
+                        Staged::After(after) => {
+                            let mut query = base();
+                            if let Some(after) = after {
+                                query = query.filter(batch_upload_items::id.gt(after.to_owned()));
+                            }
+                            rows = query.limit(COMMIT_CHUNK).load(&mut *self.0)$($aw)*?;
+                        }
+                        Staged::Ids(ids) => {
+                            for chunk in ids.chunks(CHUNK) {
+                                let found: Vec<_> = base()
+                                    .filter(batch_upload_items::id.eq_any(chunk))
+                                    .load(&mut *self.0)$($aw)*?;
+                                rows.extend(found);
+                            }
+                        }
+                    }
+                    Ok(rows
+                        .into_iter()
+                        .map(|(id, sortindex, payload, ttl)| BsoUpdate {
+                            id,
+                            payload,
+                            sortindex,
+                            ttl: ttl.map(|t| t.max(0) as u32),
+                        })
+                        .collect())
+                }
+
+                async fn put_staged(
+                    &mut self,
+                    scope: &Scope<i64>,
+                    batch: &BatchKey,
+                    merged: &[BsoUpdate],
+                ) -> ApiResult<()> {
+                    for chunk in merged.chunks(CHUNK) {
+                        let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
+                        diesel::delete(
+                            batch_upload_items::table
+                                .filter(batch_upload_items::userid.eq(scope.user))
+                                .filter(batch_upload_items::batch.eq(*batch))
+                                .filter(batch_upload_items::id.eq_any(chunk_ids)),
+                        )
+                        .execute(&mut *self.0)$($aw)*?;
+                        let values: Vec<NewBatchItem<'_>> = chunk
+                            .iter()
+                            .map(|u| NewBatchItem {
+                                batch: *batch,
+                                userid: scope.user,
+                                id: &u.id,
+                                sortindex: u.sortindex,
+                                payload: u.payload.as_deref(),
+                                payload_size: u.payload.as_ref().map(|p| p.len() as i32),
+                                ttl_offset: u.ttl.map(|t| t as i32),
+                            })
+                            .collect();
+                        diesel::insert_into(batch_upload_items::table)
+                            .values(values)
+                            .execute(&mut *self.0)$($aw)*?;
+                    }
+                    Ok(())
+                }
+
+                async fn staged_totals(
+                    &mut self,
+                    scope: &Scope<i64>,
+                    batch: &BatchKey,
+                ) -> ApiResult<(i64, i64)> {
+                    let (records, bytes): (i64, Option<i64>) = batch_upload_items::table
+                        .filter(batch_upload_items::userid.eq(scope.user))
+                        .filter(batch_upload_items::batch.eq(*batch))
+                        .select((count_star(), sql::<Nullable<BigInt>>($staged_bytes_sum)))
+                        .first(&mut *self.0)$($aw)*?;
+                    Ok((records, bytes.unwrap_or(0)))
+                }
+
+                async fn find_batch(
+                    &mut self,
+                    scope: &Scope<i64>,
+                    id: &str,
+                ) -> ApiResult<BatchKey> {
+                    let batch = batch_id::decode(id)?;
+                    let found: Option<i32> = batch_uploads::table
+                        .find((batch, scope.user))
+                        .select(batch_uploads::collection)
+                        .first(&mut *self.0)$($aw)*
+                        .optional()?;
+                    match found {
+                        Some(cid)
+                            if cid == scope.cid
+                                && !batch_id::is_expired(batch, scope.t.as_i64()) =>
+                        {
+                            Ok(batch)
+                        }
+                        _ => Err(ApiError::bad_request("batch not found")),
+                    }
+                }
+
+                async fn create_batch(&mut self, scope: &Scope<i64>) -> ApiResult<BatchKey> {
+                    let now = scope.t.as_i64();
+                    // Expired batches of this user are dropped here rather than by a purge job.
+                    let expired: Vec<i64> = batch_uploads::table
+                        .filter(batch_uploads::userid.eq(scope.user))
+                        .filter(batch_uploads::batch.lt(now - batch_id::BATCH_LIFETIME_MS - 10))
+                        .select(batch_uploads::batch)
+                        .load(&mut *self.0)$($aw)*?;
+                    self.drop_batches(scope.user, expired).await?;
+                    let first = batch_id::numeric_id(now, scope.user as u64);
+                    for candidate in first..first + 5 {
+                        let taken: Option<i64> = batch_uploads::table
+                            .find((candidate, scope.user))
+                            .select(batch_uploads::batch)
+                            .first(&mut *self.0)$($aw)*
+                            .optional()?;
+                        if taken.is_some() {
+                            continue;
+                        }
+                        diesel::insert_into(batch_uploads::table)
+                            .values((
+                                batch_uploads::batch.eq(candidate),
+                                batch_uploads::userid.eq(scope.user),
+                                batch_uploads::collection.eq(scope.cid),
+                            ))
+                            .execute(&mut *self.0)$($aw)*?;
+                        // A reused id (possible with this scheme) must start empty.
+                        diesel::delete(
+                            batch_upload_items::table
+                                .filter(batch_upload_items::userid.eq(scope.user))
+                                .filter(batch_upload_items::batch.eq(candidate)),
+                        )
+                        .execute(&mut *self.0)$($aw)*?;
+                        return Ok(candidate);
+                    }
+                    Err(ApiError::new(
+                        $crate::error::ErrorKind::Conflict,
+                        "could not allocate a batch id",
+                    ))
+                }
             }
-        }
         };
     };
 }

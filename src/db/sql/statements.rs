@@ -19,17 +19,20 @@
 /// - `run` and `[.await]`: `diesel_async::RunQueryDsl, [.await]` for diesel-async
 ///   connections, `diesel::RunQueryDsl, []` for synchronous ones.
 macro_rules! sql_statements {
-    (conn = $Conn:ty, db = $Db:ty, schema = $schema:path, bytes_sum = $bytes_sum:expr, lock = $lock:ident $( ($placeholder:path) )?, run = $Run:path, [$($aw:tt)*]) => {
+    (
+        conn = $Conn:ty, db = $Db:ty, schema = $schema:path, bytes_sum = $bytes_sum:expr,
+        lock = $lock:ident $( ($placeholder:path) )?, run = $Run:path, [$($aw:tt)*]
+    ) => {
         const _: () = {
             use std::collections::{BTreeMap, HashMap};
 
             #[allow(unused_imports)]
             use $Run;
 
+            use $schema::{bso, collections, user_collections};
             use diesel::dsl::{count_star, max, sql};
             use diesel::sql_types::{BigInt, Nullable};
             use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
-            use $schema::{bso, collections, user_collections};
 
             use $crate::db::rules::{Staged, TOMBSTONE};
             use $crate::db::sql::{BatchTables, BsoRow, CHUNK, Ms, SqlPurge, SqlTx, stored};
@@ -40,8 +43,19 @@ macro_rules! sql_statements {
 
             type Batch = <SqlTx<'static, $Conn> as BatchTables>::Batch;
 
-            const BSO_COLUMNS: (bso::id, bso::payload, bso::sortindex, bso::modified, bso::ttl) =
-                (bso::id, bso::payload, bso::sortindex, bso::modified, bso::ttl);
+            const BSO_COLUMNS: (
+                bso::id,
+                bso::payload,
+                bso::sortindex,
+                bso::modified,
+                bso::ttl,
+            ) = (
+                bso::id,
+                bso::payload,
+                bso::sortindex,
+                bso::modified,
+                bso::ttl,
+            );
 
             fn ts(Ms(ms): Ms) -> SyncTimestamp {
                 SyncTimestamp::from_i64(ms)
@@ -55,7 +69,11 @@ macro_rules! sql_statements {
             }
 
             impl SqlTx<'_, $Conn> {
-                async fn per_collection_bytes(&mut self, uid: i64, now: SyncTimestamp) -> ApiResult<Vec<(i32, i64)>> {
+                async fn per_collection_bytes(
+                    &mut self,
+                    uid: i64,
+                    now: SyncTimestamp,
+                ) -> ApiResult<Vec<(i32, i64)>> {
                     let rows: Vec<(i32, Option<i64>)> = bso::table
                         .filter(bso::userid.eq(uid))
                         .filter(bso::ttl.gt(Ms(now.as_i64())))
@@ -65,8 +83,9 @@ macro_rules! sql_statements {
                     Ok(rows.into_iter().map(|(c, s)| (c, s.unwrap_or(0))).collect())
                 }
 
-                $crate::db::sql::statements::sql_statements!(@lock $lock $( ($placeholder) )?, [$($aw)*]);
-
+                $crate::db::sql::statements::sql_statements!(
+                    @lock $lock $( ($placeholder) )?, [$($aw)*]
+                );
             }
 
             impl SqlPurge for SqlTx<'_, $Conn> {
@@ -74,7 +93,11 @@ macro_rules! sql_statements {
                 /// users, found by the ttl index and deleted by key (and still expired: a
                 /// writer may have renewed one meanwhile), then up to `max_rows` rows of
                 /// expired batches.
-                async fn purge_expired_chunk(&mut self, now: SyncTimestamp, max_rows: i64) -> ApiResult<PurgeStats> {
+                async fn purge_expired_chunk(
+                    &mut self,
+                    now: SyncTimestamp,
+                    max_rows: i64,
+                ) -> ApiResult<PurgeStats> {
                     let now = now.as_i64();
                     let keys: Vec<(i64, i32, String)> = bso::table
                         .filter(bso::ttl.le(Ms(now)))
@@ -99,7 +122,11 @@ macro_rules! sql_statements {
                         }
                     }
                     let (batches, staged) = self.purge_batches(now, max_rows).await?;
-                    Ok(PurgeStats { bsos, batches, staged })
+                    Ok(PurgeStats {
+                        bsos,
+                        batches,
+                        staged,
+                    })
                 }
             }
 
@@ -123,7 +150,10 @@ macro_rules! sql_statements {
                         .optional()?)
                 }
 
-                async fn collection_names(&mut self, ids: Vec<i32>) -> ApiResult<HashMap<i32, String>> {
+                async fn collection_names(
+                    &mut self,
+                    ids: Vec<i32>,
+                ) -> ApiResult<HashMap<i32, String>> {
                     Ok(collections::table
                         .filter(collections::id.eq_any(ids))
                         .select((collections::id, collections::name))
@@ -132,7 +162,11 @@ macro_rules! sql_statements {
                         .collect())
                 }
 
-                async fn collection_ts(&mut self, uid: &i64, cid: i32) -> ApiResult<Option<SyncTimestamp>> {
+                async fn collection_ts(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                ) -> ApiResult<Option<SyncTimestamp>> {
                     Ok(user_collections::table
                         .find((*uid, cid))
                         .select(user_collections::last_modified)
@@ -152,22 +186,35 @@ macro_rules! sql_statements {
                 async fn user_collections(&mut self, uid: &i64) -> ApiResult<Vec<(i32, i64)>> {
                     let rows: Vec<(i32, Ms)> = user_collections::table
                         .filter(user_collections::userid.eq(*uid))
-                        .select((user_collections::collection, user_collections::last_modified))
+                        .select((
+                            user_collections::collection,
+                            user_collections::last_modified,
+                        ))
                         .load(&mut *self.0)$($aw)*?;
                     Ok(rows.into_iter().map(|(c, Ms(ms))| (c, ms)).collect())
                 }
 
-                async fn visible_collections(&mut self, uid: &i64) -> ApiResult<Vec<(i32, SyncTimestamp)>> {
+                async fn visible_collections(
+                    &mut self,
+                    uid: &i64,
+                ) -> ApiResult<Vec<(i32, SyncTimestamp)>> {
                     let rows: Vec<(i32, Ms)> = user_collections::table
                         .filter(user_collections::userid.eq(*uid))
                         .filter(user_collections::collection.ne(TOMBSTONE))
                         .filter(user_collections::last_modified.gt(Ms(0)))
-                        .select((user_collections::collection, user_collections::last_modified))
+                        .select((
+                            user_collections::collection,
+                            user_collections::last_modified,
+                        ))
                         .load(&mut *self.0)$($aw)*?;
                     Ok(rows.into_iter().map(|(c, m)| (c, ts(m))).collect())
                 }
 
-                async fn record_counts(&mut self, uid: &i64, now: SyncTimestamp) -> ApiResult<Vec<(i32, i64)>> {
+                async fn record_counts(
+                    &mut self,
+                    uid: &i64,
+                    now: SyncTimestamp,
+                ) -> ApiResult<Vec<(i32, i64)>> {
                     Ok(bso::table
                         .filter(bso::userid.eq(*uid))
                         .filter(bso::ttl.gt(Ms(now.as_i64())))
@@ -176,11 +223,21 @@ macro_rules! sql_statements {
                         .load(&mut *self.0)$($aw)*?)
                 }
 
-                async fn record_bytes(&mut self, uid: &i64, now: SyncTimestamp) -> ApiResult<Vec<(i32, i64)>> {
+                async fn record_bytes(
+                    &mut self,
+                    uid: &i64,
+                    now: SyncTimestamp,
+                ) -> ApiResult<Vec<(i32, i64)>> {
                     self.per_collection_bytes(*uid, now).await
                 }
 
-                async fn get_live_bso(&mut self, uid: &i64, cid: i32, id: &str, now: SyncTimestamp) -> ApiResult<Option<StoredBso>> {
+                async fn get_live_bso(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                    id: &str,
+                    now: SyncTimestamp,
+                ) -> ApiResult<Option<StoredBso>> {
                     Ok(live_bsos(*uid, now)
                         .filter(bso::collection.eq(cid))
                         .filter(bso::id.eq(id.to_owned()))
@@ -190,7 +247,14 @@ macro_rules! sql_statements {
                         .map(stored))
                 }
 
-                async fn list_bsos(&mut self, uid: &i64, cid: i32, q: &BsoQuery, limit: u32, now: SyncTimestamp) -> ApiResult<Vec<StoredBso>> {
+                async fn list_bsos(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                    q: &BsoQuery,
+                    limit: u32,
+                    now: SyncTimestamp,
+                ) -> ApiResult<Vec<StoredBso>> {
                     let mut query = live_bsos(*uid, now).filter(bso::collection.eq(cid));
                     if !q.ids.is_empty() {
                         query = query.filter(bso::id.eq_any(q.ids.clone()));
@@ -211,20 +275,38 @@ macro_rules! sql_statements {
                         Sort::Oldest => query.order((bso::modified.asc(), bso::id.asc())),
                         Sort::Index => query.order((bso::sortindex.desc(), bso::id.desc())),
                     };
-                    query = query.limit(i64::from(limit) + 1).offset(q.offset.skip.min(i64::MAX as u64) as i64);
+                    query = query
+                        .limit(i64::from(limit) + 1)
+                        .offset(q.offset.skip.min(i64::MAX as u64) as i64);
                     Ok(if q.full {
-                        query.select(BSO_COLUMNS).load::<BsoRow>(&mut *self.0)$($aw)*?.into_iter().map(stored).collect()
+                        query
+                            .select(BSO_COLUMNS)
+                            .load::<BsoRow>(&mut *self.0)$($aw)*?
+                            .into_iter()
+                            .map(stored)
+                            .collect()
                     } else {
                         query
                             .select((bso::id, bso::modified))
                             .load::<(String, Ms)>(&mut *self.0)$($aw)*?
                             .into_iter()
-                            .map(|(id, Ms(modified))| StoredBso { id, payload: String::new(), sortindex: None, modified, expiry: 0 })
+                            .map(|(id, Ms(modified))| StoredBso {
+                                id,
+                                payload: String::new(),
+                                sortindex: None,
+                                modified,
+                                expiry: 0,
+                            })
                             .collect()
                     })
                 }
 
-                async fn load_existing(&mut self, uid: &i64, cid: i32, ids: &[String]) -> ApiResult<HashMap<String, StoredBso>> {
+                async fn load_existing(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                    ids: &[String],
+                ) -> ApiResult<HashMap<String, StoredBso>> {
                     let mut out = HashMap::with_capacity(ids.len());
                     for chunk in ids.chunks(CHUNK) {
                         let rows: Vec<BsoRow> = bso::table
@@ -242,16 +324,26 @@ macro_rules! sql_statements {
                     BatchTables::find_batch(self, scope, id).await
                 }
 
-                async fn staged_items(&mut self, scope: &Scope<i64>, batch: &Batch, which: Staged<'_>) -> ApiResult<Vec<BsoUpdate>> {
+                async fn staged_items(
+                    &mut self,
+                    scope: &Scope<i64>,
+                    batch: &Batch,
+                    which: Staged<'_>,
+                ) -> ApiResult<Vec<BsoUpdate>> {
                     BatchTables::staged_items(self, scope, batch, which).await
                 }
 
-                async fn staged_totals(&mut self, scope: &Scope<i64>, batch: &Batch) -> ApiResult<(i64, i64)> {
+                async fn staged_totals(
+                    &mut self,
+                    scope: &Scope<i64>,
+                    batch: &Batch,
+                ) -> ApiResult<(i64, i64)> {
                     BatchTables::staged_totals(self, scope, batch).await
                 }
 
                 async fn ping(&mut self) -> ApiResult<()> {
-                    diesel::sql_query("SELECT 1").execute(&mut *self.0)$($aw)*?;
+                    diesel::sql_query("SELECT 1")
+                        .execute(&mut *self.0)$($aw)*?;
                     Ok(())
                 }
             }
@@ -275,11 +367,20 @@ macro_rules! sql_statements {
                         .first(&mut *self.0)$($aw)*?)
                 }
 
-                async fn add_collection(&mut self, uid: &i64, cid: i32) -> ApiResult<SyncTimestamp> {
+                async fn add_collection(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                ) -> ApiResult<SyncTimestamp> {
                     Ok(self.lock_collection(*uid, cid).await?.unwrap_or_default())
                 }
 
-                async fn touch_collection(&mut self, uid: &i64, cid: i32, t: SyncTimestamp) -> ApiResult<()> {
+                async fn touch_collection(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                    t: SyncTimestamp,
+                ) -> ApiResult<()> {
                     let updated = diesel::update(user_collections::table.find((*uid, cid)))
                         .set(user_collections::last_modified.eq(Ms(t.as_i64())))
                         .execute(&mut *self.0)$($aw)*?;
@@ -296,11 +397,19 @@ macro_rules! sql_statements {
                 }
 
                 /// Delete then insert: the same SQL on every engine.
-                async fn write_rows(&mut self, uid: &i64, cid: i32, rows: &[StoredBso]) -> ApiResult<()> {
+                async fn write_rows(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                    rows: &[StoredBso],
+                ) -> ApiResult<()> {
                     for chunk in rows.chunks(CHUNK) {
                         let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
                         diesel::delete(
-                            bso::table.filter(bso::userid.eq(*uid)).filter(bso::collection.eq(cid)).filter(bso::id.eq_any(ids)),
+                            bso::table
+                                .filter(bso::userid.eq(*uid))
+                                .filter(bso::collection.eq(cid))
+                                .filter(bso::id.eq_any(ids)),
                         )
                         .execute(&mut *self.0)$($aw)*?;
                         self.insert_bso_rows(*uid, cid, chunk).await?;
@@ -308,7 +417,12 @@ macro_rules! sql_statements {
                     Ok(())
                 }
 
-                async fn delete_rows(&mut self, uid: &i64, cid: i32, ids: &[String]) -> ApiResult<()> {
+                async fn delete_rows(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                    ids: &[String],
+                ) -> ApiResult<()> {
                     for chunk in ids.chunks(CHUNK) {
                         diesel::delete(
                             bso::table
@@ -322,16 +436,24 @@ macro_rules! sql_statements {
                 }
 
                 async fn delete_collection_rows(&mut self, uid: &i64, cid: i32) -> ApiResult<()> {
-                    diesel::delete(user_collections::table.find((*uid, cid))).execute(&mut *self.0)$($aw)*?;
-                    diesel::delete(bso::table.filter(bso::userid.eq(*uid)).filter(bso::collection.eq(cid)))
+                    diesel::delete(user_collections::table.find((*uid, cid)))
                         .execute(&mut *self.0)$($aw)*?;
+                    diesel::delete(
+                        bso::table
+                            .filter(bso::userid.eq(*uid))
+                            .filter(bso::collection.eq(cid)),
+                    )
+                    .execute(&mut *self.0)$($aw)*?;
                     self.drop_collection_batches(*uid, cid).await
                 }
 
                 async fn delete_user_rows(&mut self, uid: &i64) -> ApiResult<()> {
-                    diesel::delete(user_collections::table.filter(user_collections::userid.eq(*uid)))
+                    diesel::delete(
+                        user_collections::table.filter(user_collections::userid.eq(*uid)),
+                    )
+                    .execute(&mut *self.0)$($aw)*?;
+                    diesel::delete(bso::table.filter(bso::userid.eq(*uid)))
                         .execute(&mut *self.0)$($aw)*?;
-                    diesel::delete(bso::table.filter(bso::userid.eq(*uid))).execute(&mut *self.0)$($aw)*?;
                     self.drop_user_batches(*uid).await
                 }
 
@@ -353,7 +475,12 @@ macro_rules! sql_statements {
                     BatchTables::create_batch(self, scope).await
                 }
 
-                async fn put_staged(&mut self, scope: &Scope<i64>, batch: &Batch, merged: &[BsoUpdate]) -> ApiResult<()> {
+                async fn put_staged(
+                    &mut self,
+                    scope: &Scope<i64>,
+                    batch: &Batch,
+                    merged: &[BsoUpdate],
+                ) -> ApiResult<()> {
                     BatchTables::put_staged(self, scope, batch, merged).await
                 }
 
@@ -366,7 +493,11 @@ macro_rules! sql_statements {
 
     // The whole database is locked by the transaction: a row's lock is its plain read.
     (@lock file, [$($aw:tt)*]) => {
-        async fn lock_collection(&mut self, uid: i64, cid: i32) -> ApiResult<Option<SyncTimestamp>> {
+        async fn lock_collection(
+            &mut self,
+            uid: i64,
+            cid: i32,
+        ) -> ApiResult<Option<SyncTimestamp>> {
             self.collection_ts(&uid, cid).await
         }
     };
@@ -374,7 +505,11 @@ macro_rules! sql_statements {
     (@lock rows ($placeholder:path), [$($aw:tt)*]) => {
         /// Locks the row (`FOR UPDATE`) until the transaction ends, creating it first as a
         /// placeholder when missing.
-        async fn lock_collection(&mut self, uid: i64, cid: i32) -> ApiResult<Option<SyncTimestamp>> {
+        async fn lock_collection(
+            &mut self,
+            uid: i64,
+            cid: i32,
+        ) -> ApiResult<Option<SyncTimestamp>> {
             if let Some(found) = self.locked_collection_ts(uid, cid).await? {
                 return Ok(Some(found));
             }
@@ -382,7 +517,11 @@ macro_rules! sql_statements {
             self.locked_collection_ts(uid, cid).await
         }
 
-        async fn locked_collection_ts(&mut self, uid: i64, cid: i32) -> ApiResult<Option<SyncTimestamp>> {
+        async fn locked_collection_ts(
+            &mut self,
+            uid: i64,
+            cid: i32,
+        ) -> ApiResult<Option<SyncTimestamp>> {
             Ok(user_collections::table
                 .find((uid, cid))
                 .select(user_collections::last_modified)
