@@ -148,7 +148,13 @@ impl TokenserverError {
 impl From<crate::error::ApiError> for TokenserverError {
     fn from(e: crate::error::ApiError) -> Self {
         let status = e.status();
-        slog_scope::error!("tokenserver database error"; "error" => &e.message, "status" => status);
+        // A conflict is expected traffic, run again by the pooled unit (`retry::SQL`), like the
+        // storage API's.
+        if e.kind == crate::error::ErrorKind::Database(crate::db::fault::DbFault::Conflict) {
+            slog_scope::debug!("tokenserver database conflict"; "error" => &e.message);
+        } else {
+            slog_scope::error!("tokenserver database error"; "error" => &e.message, "status" => status);
+        }
         let mut error = if status == 503 {
             Self::unavailable()
         } else {
