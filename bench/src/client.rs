@@ -123,6 +123,12 @@ pub struct TypeStats {
     pub errors: BTreeMap<String, u64>,
 }
 
+impl Default for TypeStats {
+    fn default() -> Self {
+        TypeStats::new()
+    }
+}
+
 impl TypeStats {
     pub fn new() -> TypeStats {
         TypeStats {
@@ -362,7 +368,7 @@ impl Client {
             }
         }
         if measured {
-            let t = self.rec.types.entry(kind).or_insert_with(TypeStats::new);
+            let t = self.rec.types.entry(kind).or_default();
             match &result {
                 Ok(_) => {
                     t.ok += 1;
@@ -388,7 +394,8 @@ impl Client {
             self.progress.problems.fetch_add(1, Ordering::Relaxed);
             *v.by_kind.entry(p.kind.to_owned()).or_default() += 1;
             if v.examples.len() < MAX_EXAMPLES {
-                v.examples.push(format!("uid {uid}: {}: {}", p.kind, p.detail));
+                v.examples
+                    .push(format!("uid {uid}: {}: {}", p.kind, p.detail));
             }
         }
     }

@@ -125,7 +125,11 @@ impl Opts {
         if self.users == 0 || self.clients == 0 {
             return Err("--users and --clients must be at least 1".into());
         }
-        if !(self.duration > 0.0) || !(self.warmup >= 0.0) {
+        if !self.duration.is_finite()
+            || self.duration <= 0.0
+            || !self.warmup.is_finite()
+            || self.warmup < 0.0
+        {
             return Err("--duration must be > 0 and --warmup >= 0".into());
         }
         let db_processes = if !self.db_process.is_empty() {

@@ -6,7 +6,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let opts = bench::Opts::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bench: {e}");

@@ -106,11 +106,7 @@ pub struct Account {
 
 impl Account {
     pub fn needs_resync(&self) -> bool {
-        self.storage_dirty
-            || self
-                .collections
-                .values()
-                .any(|c| !c.dirty.is_clean())
+        self.storage_dirty || self.collections.values().any(|c| !c.dirty.is_clean())
     }
 
     pub fn has_record(&self, coll: &str, id: &str) -> bool {
@@ -355,7 +351,10 @@ fn compare(coll: &str, id: &str, r: &Rec, modified: Ms, payload: &str) -> Vec<Pr
     if payload_hash(payload) != r.hash {
         out.push(problem(
             "wrong payload",
-            format!("{coll}/{id}: not the payload acknowledged at {}", r.modified),
+            format!(
+                "{coll}/{id}: not the payload acknowledged at {}",
+                r.modified
+            ),
         ));
     }
     if modified != r.modified {
@@ -437,7 +436,11 @@ mod tests {
         // Stale content: the payload of an earlier version.
         assert_eq!(
             kinds(
-                &body(&[("a", 1000.01, "pa"), ("b", 1000.01, "old"), ("c", 1000.02, "pc")]),
+                &body(&[
+                    ("a", 1000.01, "pa"),
+                    ("b", 1000.01, "old"),
+                    ("c", 1000.02, "pc")
+                ]),
                 0
             ),
             ["wrong payload"]
@@ -446,7 +449,10 @@ mod tests {
         assert_eq!(kinds(&body(&[]), 1_000_010), ["missing record"]);
         // A wrong modified time, and a resurrected record.
         assert_eq!(
-            kinds(&body(&[("c", 1000.01, "pc"), ("z", 1000.02, "pz")]), 1_000_000),
+            kinds(
+                &body(&[("c", 1000.01, "pc"), ("z", 1000.02, "pz")]),
+                1_000_000
+            ),
             [
                 "wrong record timestamp",
                 "unexpected record",
@@ -460,8 +466,14 @@ mod tests {
             modified: 1000.02,
             payload: "pa".into(),
         };
-        assert_eq!(a.check_record("history", "c", Some(&stale))[0].kind, "wrong payload");
-        assert_eq!(a.check_record("history", "c", None)[0].kind, "missing record");
+        assert_eq!(
+            a.check_record("history", "c", Some(&stale))[0].kind,
+            "wrong payload"
+        );
+        assert_eq!(
+            a.check_record("history", "c", None)[0].kind,
+            "missing record"
+        );
         // info/collections with a stale timestamp or without the collection.
         let info = HashMap::from([("history".to_owned(), 1000.01)]);
         assert_eq!(
@@ -489,10 +501,16 @@ mod tests {
         let (_, p) = check_listing_body(&a, "history", 0, Some(1_000_050), &got).unwrap();
         assert_eq!(p, vec![]);
         let got: Vec<WireBso> = serde_json::from_slice(&got).unwrap();
-        assert_eq!(a.resync_collection("history", Some(1_000_050), &got), vec![]);
+        assert_eq!(
+            a.resync_collection("history", Some(1_000_050), &got),
+            vec![]
+        );
         assert!(!a.needs_resync());
         assert_eq!(a.collections["history"].modified, 1_000_050);
-        assert_eq!(a.collections["history"].records["d"].hash, payload_hash("pd"));
+        assert_eq!(
+            a.collections["history"].records["d"].hash,
+            payload_hash("pd")
+        );
         // Clean records are still checked during a resync.
         a.uncertain("history", ["d"]);
         let lost: Vec<WireBso> =

@@ -38,7 +38,12 @@ pub fn rss_bytes(pid: u32) -> Option<(u64, u64)> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = status.lines().find(|l| l.starts_with(name))?;
-        let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
         Some(kb * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:").unwrap_or(0)))
@@ -54,10 +59,14 @@ pub fn cpu_by_name(names: &[String]) -> HashMap<u32, f64> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
-        if comm(pid).is_some_and(|c| names.iter().any(|n| *n == c))
+        if comm(pid).is_some_and(|c| names.contains(&c))
             && let Some(s) = cpu_seconds(pid)
         {
             out.insert(pid, s);

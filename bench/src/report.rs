@@ -37,7 +37,7 @@ fn thousands(x: f64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -54,6 +54,15 @@ fn errors_text(errors: &std::collections::BTreeMap<String, u64>) -> String {
         .map(|(k, v)| format!("{v} x {k}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// "A path" in a comparison, else the server's path or URL.
+fn who(r: &RunResult) -> String {
+    if r.label.is_empty() {
+        r.server.clone()
+    } else {
+        format!("{} {}", r.label, r.server)
+    }
 }
 
 fn opt(x: Option<f64>, digits: usize) -> String {
@@ -106,15 +115,17 @@ pub fn markdown(report: &Report) -> String {
         s,
         "| server | backend | workload | round | req/s | p50 ms | p90 ms | p99 ms | errors | verification errors | server CPU s (cores) | server RSS MB (idle / max) | db CPU s | machine busy |"
     );
-    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        s,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for r in &report.runs {
         let p = &r.process;
         let cores = p.server_cpu_s.map(|c| c / r.duration_s);
         let _ = writeln!(
             s,
-            "| {} {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} ({}) | {} / {} | {} | {} |",
-            r.label,
-            r.server,
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} ({}) | {} / {} | {} | {} |",
+            who(r),
             r.backend.map_or("-", |b| b.name()),
             r.workload.name(),
             r.round,
@@ -129,12 +140,17 @@ pub fn markdown(report: &Report) -> String {
             opt(p.server_rss_idle_mb, 0),
             opt(p.server_rss_max_mb, 0),
             opt(p.db_cpu_s, 1),
-            p.machine_busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
+            p.machine_busy
+                .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
         );
     }
     if !report.comparisons.is_empty() {
         let c0 = &report.comparisons[0];
-        let _ = writeln!(s, "\n### A/B, interleaved (A = `{}`, B = `{}`)\n", c0.a, c0.b);
+        let _ = writeln!(
+            s,
+            "\n### A/B, interleaved (A = `{}`, B = `{}`)\n",
+            c0.a, c0.b
+        );
         let _ = writeln!(s, "| req/s (p99 ms) | A | B | B/A |");
         let _ = writeln!(s, "| --- | --- | --- | --- |");
         for c in &report.comparisons {
@@ -158,16 +174,22 @@ pub fn markdown(report: &Report) -> String {
     for r in &report.runs {
         let _ = writeln!(
             s,
-            "\n### {} · {} {} · {} · round {}\n",
+            "\n### {} · {} · {} · round {}\n",
             r.workload.name(),
-            r.label,
-            r.server,
+            who(r),
             r.backend.map_or("external", |b| b.name()),
             r.round
         );
-        let _ = writeln!(s, "| request | ok | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |");
+        let _ = writeln!(
+            s,
+            "| request | ok | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |"
+        );
         let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- | --- |");
-        for (name, t) in r.by_type.iter().chain(std::iter::once((&"all".to_string(), &r.total))) {
+        for (name, t) in r
+            .by_type
+            .iter()
+            .chain(std::iter::once((&"all".to_string(), &r.total)))
+        {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
@@ -187,7 +209,11 @@ pub fn markdown(report: &Report) -> String {
             "\nVerification: {} checks of {} records read back{}: {} errors{}.",
             thousands(v.checks as f64),
             thousands(v.records_checked as f64),
-            if r.final_check { " (final check included)" } else { "" },
+            if r.final_check {
+                " (final check included)"
+            } else {
+                ""
+            },
             v.errors,
             if v.by_kind.is_empty() {
                 String::new()

@@ -175,7 +175,11 @@ fn progress_task(
             let ok = progress.ok.load(Ordering::Relaxed);
             let rate = (ok - last_ok) as f64 / (now - last_t).as_secs_f64();
             let phase = if now < window.start {
-                format!("warm-up {:.0}/{:.0} s", (now - started).as_secs_f64(), warmup.as_secs_f64())
+                format!(
+                    "warm-up {:.0}/{:.0} s",
+                    (now - started).as_secs_f64(),
+                    warmup.as_secs_f64()
+                )
             } else {
                 format!(
                     "measure {:.0}/{:.0} s",
@@ -203,13 +207,24 @@ pub async fn run_one(
     round: usize,
 ) -> Result<RunResult, String> {
     let http = http_client(cfg.clients)?;
-    let name = format!("{label} {} round {round}", workload.name());
+    let name = if label.is_empty() {
+        format!("{} round {round}", workload.name())
+    } else {
+        format!("{label} {} round {round}", workload.name())
+    };
     let (url, secret, pid, running, server, backend) = match target {
         Target::External {
             url,
             master_secret,
             pid,
-        } => (url.clone(), master_secret.clone(), *pid, None, url.clone(), None),
+        } => (
+            url.clone(),
+            master_secret.clone(),
+            *pid,
+            None,
+            url.clone(),
+            None,
+        ),
         Target::Start(spec) => {
             log(
                 cfg,
@@ -230,7 +245,17 @@ pub async fn run_one(
             )
         }
     };
-    let result = measure(cfg, &http, &url, &secret, pid, workload, &name, running.is_some()).await;
+    let result = measure(
+        cfg,
+        &http,
+        &url,
+        &secret,
+        pid,
+        workload,
+        &name,
+        running.is_some(),
+    )
+    .await;
     if let Some(r) = running {
         let log_path = r.log_path();
         if result.is_err() {
@@ -276,9 +301,17 @@ async fn measure(
     let users = if fresh {
         users
     } else {
-        log(cfg, &format!("[{name}] deleting the storage of uids 1..={}", cfg.users));
-        let (users, rec) =
-            for_each_user(users, cfg.clients, http, &endpoint, &progress, |mut c, mut u, mut r| async move {
+        log(
+            cfg,
+            &format!("[{name}] deleting the storage of uids 1..={}", cfg.users),
+        );
+        let (users, rec) = for_each_user(
+            users,
+            cfg.clients,
+            http,
+            &endpoint,
+            &progress,
+            |mut c, mut u, mut r| async move {
                 let mut s = Session {
                     client: &mut c,
                     user: &mut u,
@@ -287,19 +320,28 @@ async fn measure(
                 };
                 let _ = s.delete_storage("set-up").await;
                 (c, u, r)
-            })
-            .await;
+            },
+        )
+        .await;
         outside.merge(&rec);
         users
     };
     let users = if workload == Workload::Reads {
         log(
             cfg,
-            &format!("[{name}] prefilling {} records for each of {} users", cfg.reads_records, cfg.users),
+            &format!(
+                "[{name}] prefilling {} records for each of {} users",
+                cfg.reads_records, cfg.users
+            ),
         );
         let records = cfg.reads_records;
-        let (users, rec) =
-            for_each_user(users, cfg.clients, http, &endpoint, &progress, move |mut c, mut u, mut r| async move {
+        let (users, rec) = for_each_user(
+            users,
+            cfg.clients,
+            http,
+            &endpoint,
+            &progress,
+            move |mut c, mut u, mut r| async move {
                 let mut s = Session {
                     client: &mut c,
                     user: &mut u,
@@ -308,8 +350,9 @@ async fn measure(
                 };
                 let _ = s.prefill(records).await;
                 (c, u, r)
-            })
-            .await;
+            },
+        )
+        .await;
         outside.merge(&rec);
         users
     } else {
@@ -334,7 +377,8 @@ async fn measure(
     };
     let pool = Arc::new(Pool::new(users));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let progress_handle = progress_task(cfg, name.to_owned(), progress.clone(), window, stop.clone());
+    let progress_handle =
+        progress_task(cfg, name.to_owned(), progress.clone(), window, stop.clone());
     let sampler = {
         let db = cfg.db_processes.clone();
         tokio::spawn(async move {
@@ -418,9 +462,17 @@ async fn measure(
 
     let users = pool.drain();
     if cfg.final_check {
-        log(cfg, &format!("[{name}] final check: reading back every user's collections"));
-        let (_, r) =
-            for_each_user(users, cfg.clients, http, &endpoint, &progress, |mut c, mut u, mut r| async move {
+        log(
+            cfg,
+            &format!("[{name}] final check: reading back every user's collections"),
+        );
+        let (_, r) = for_each_user(
+            users,
+            cfg.clients,
+            http,
+            &endpoint,
+            &progress,
+            |mut c, mut u, mut r| async move {
                 let mut s = Session {
                     client: &mut c,
                     user: &mut u,
@@ -429,8 +481,9 @@ async fn measure(
                 };
                 let _ = s.final_check().await;
                 (c, u, r)
-            })
-            .await;
+            },
+        )
+        .await;
         outside.merge(&r);
     }
 

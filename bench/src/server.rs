@@ -107,8 +107,11 @@ impl ScratchDb {
                 mysql_exec(admin, &format!("DROP DATABASE IF EXISTS `{name}`")).await
             }
             ScratchDb::Postgres { admin, name } => {
-                postgres_exec(admin, &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
+                postgres_exec(
+                    admin,
+                    &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                )
+                .await
             }
         }
     }
@@ -249,7 +252,10 @@ impl ServerSpec {
             if Instant::now() > deadline {
                 let scratch = running.scratch_db.take();
                 running.kill().await;
-                return Err(("the server did not answer __heartbeat__ in 120 s".into(), scratch));
+                return Err((
+                    "the server did not answer __heartbeat__ in 120 s".into(),
+                    scratch,
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -19,7 +19,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::client::{Client, Creds, Fail, Req};
-use crate::model::{Account, Ms, WireBso, check_listing_body, parse_ts, payload_hash, seconds_to_ms};
+use crate::model::{
+    Account, Ms, WireBso, check_listing_body, parse_ts, payload_hash, seconds_to_ms,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -286,7 +288,11 @@ impl Session<'_> {
         } else {
             "?full=1".to_owned()
         };
-        let req = Req::new(kind, Method::GET, self.path(&format!("/storage/{coll}{query}")));
+        let req = Req::new(
+            kind,
+            Method::GET,
+            self.path(&format!("/storage/{coll}{query}")),
+        );
         let r = self.send(req).await.map_err(|_| Stop)?;
         let lm = r.header("X-Last-Modified").and_then(parse_ts);
         match check_listing_body(&self.user.account, coll, newer, lm, &r.body) {
@@ -309,8 +315,12 @@ impl Session<'_> {
     /// GET one record, checked (404 allowed: the model says whether it should be there).
     async fn get_record(&mut self, kind: &'static str, coll: &str, id: &str) -> Step<()> {
         self.check_time()?;
-        let req =
-            Req::new(kind, Method::GET, self.path(&format!("/storage/{coll}/{id}"))).also_ok(&[404]);
+        let req = Req::new(
+            kind,
+            Method::GET,
+            self.path(&format!("/storage/{coll}/{id}")),
+        )
+        .also_ok(&[404]);
         let r = self.send(req).await.map_err(|_| Stop)?;
         let got = if r.status == 404 {
             None
@@ -422,18 +432,26 @@ impl Session<'_> {
             self.check_time()?;
             let (kind, query) = match (batch, i, &batch_id) {
                 (false, _, _) => ("POST records", String::new()),
-                (true, 0, _) if last == 0 => ("POST batch commit", "?batch=true&commit=true".into()),
+                (true, 0, _) if last == 0 => {
+                    ("POST batch commit", "?batch=true&commit=true".into())
+                }
                 (true, 0, _) => ("POST batch start", "?batch=true".into()),
                 (true, _, Some(id)) if i == last => (
                     "POST batch commit",
                     format!("?batch={}&commit=true", encode_query(id)),
                 ),
-                (true, _, Some(id)) => ("POST batch append", format!("?batch={}", encode_query(id))),
+                (true, _, Some(id)) => {
+                    ("POST batch append", format!("?batch={}", encode_query(id)))
+                }
                 (true, _, None) => return Err(Stop),
             };
             let body = Self::post_body(coll, chunk, self.rng);
-            let mut req = Req::new(kind, Method::POST, self.path(&format!("/storage/{coll}{query}")))
-                .json(body);
+            let mut req = Req::new(
+                kind,
+                Method::POST,
+                self.path(&format!("/storage/{coll}{query}")),
+            )
+            .json(body);
             if let Some(t) = &iums {
                 req = req.header("X-If-Unmodified-Since", t.clone());
             }
@@ -516,8 +534,12 @@ impl Session<'_> {
         let hash = payload_hash(&payload);
         let body = serde_json::to_vec(&serde_json::json!({ "payload": payload }))
             .expect("record serializes");
-        let mut req =
-            Req::new(kind, Method::PUT, self.path(&format!("/storage/{coll}/{id}"))).json(body);
+        let mut req = Req::new(
+            kind,
+            Method::PUT,
+            self.path(&format!("/storage/{coll}/{id}")),
+        )
+        .json(body);
         if let Some(t) = self.precondition(device, coll) {
             req = req.header("X-If-Unmodified-Since", t);
         }
@@ -636,7 +658,11 @@ impl Session<'_> {
         names.sort();
         names.dedup();
         for coll in names {
-            let req = Req::new(kind, Method::GET, self.path(&format!("/storage/{coll}?full=1")));
+            let req = Req::new(
+                kind,
+                Method::GET,
+                self.path(&format!("/storage/{coll}?full=1")),
+            );
             let r = self.send(req).await.map_err(|_| Stop)?;
             let got: Vec<WireBso> = serde_json::from_slice(&r.body).map_err(|_| Stop)?;
             let info_ts = info.get(&coll).map(|t| seconds_to_ms(*t));
@@ -714,7 +740,12 @@ impl Session<'_> {
                 .iter()
                 .filter(|(n, c)| *n != "meta" && *n != "crypto" && !c.records.is_empty())
                 .choose(self.rng)
-                .and_then(|(n, c)| c.records.keys().choose(self.rng).map(|id| (n.clone(), id.clone())));
+                .and_then(|(n, c)| {
+                    c.records
+                        .keys()
+                        .choose(self.rng)
+                        .map(|id| (n.clone(), id.clone()))
+                });
             if let Some((coll, id)) = target {
                 self.delete_record(&coll, &id, d).await?;
             }
@@ -812,7 +843,11 @@ impl Session<'_> {
         names.sort();
         names.dedup();
         for coll in names {
-            let req = Req::new("final check", Method::GET, self.path(&format!("/storage/{coll}?full=1")));
+            let req = Req::new(
+                "final check",
+                Method::GET,
+                self.path(&format!("/storage/{coll}?full=1")),
+            );
             let r = self.send(req).await.map_err(|_| Stop)?;
             let lm = r.header("X-Last-Modified").and_then(parse_ts);
             match check_listing_body(&self.user.account, &coll, 0, lm, &r.body) {
