@@ -336,7 +336,13 @@ impl Client {
             Ok(r) => Err(r.status.to_string()),
             Err(e) => Err(format!("transport: {e}")),
         };
-        self.outcome(req.kind, started, result)
+        let transport_error = matches!(&result, Err(e) if e.starts_with("transport"));
+        let outcome = self.outcome(req.kind, started, result);
+        if transport_error {
+            // A server that is gone refuses at once: do not spin the CPU it shares.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        outcome
     }
 
     fn outcome(

@@ -256,10 +256,21 @@ pub async fn run_one(
         running.is_some(),
     )
     .await;
-    if let Some(r) = running {
-        let log_path = r.log_path();
-        if result.is_err() {
-            log(cfg, &format!("[{name}] server log: {}", log_path.display()));
+    let mut result = result;
+    if let Some(mut r) = running {
+        let exited = r.exited();
+        if exited.is_some() || result.is_err() {
+            // The temp dir goes with the server: keep its log for a look.
+            let kept = std::env::temp_dir().join(format!("syncserver-bench-{}.log", r.pid));
+            let _ = std::fs::copy(r.log_path(), &kept);
+            if let Some(status) = exited {
+                result = Err(format!(
+                    "the server exited during the run ({status}); its log: {}",
+                    kept.display()
+                ));
+            } else {
+                log(cfg, &format!("[{name}] server log: {}", kept.display()));
+            }
         }
         r.stop().await?;
     }

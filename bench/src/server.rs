@@ -271,6 +271,14 @@ impl Running {
         self.dir.path()
     }
 
+    /// How the server ended, if it has.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
     async fn kill(&mut self) {
         if self.pid > 0 {
             // SAFETY: kill(2) on our own child's pid; no memory is involved.

@@ -828,8 +828,21 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// The final check: every collection read back in full against what was acknowledged.
+    /// The final check: every collection read back in full against what was acknowledged. A
+    /// user whose data cannot be read back is a verification error: unread data is unverified.
     pub async fn final_check(&mut self) -> Step<()> {
+        let result = self.final_check_inner().await;
+        if result.is_err() {
+            let problem = crate::model::Problem {
+                kind: "unreadable in the final check",
+                detail: "a read-back request failed (see the errors outside the window)".into(),
+            };
+            self.client.verified(self.uid(), 0, vec![problem]);
+        }
+        result
+    }
+
+    async fn final_check_inner(&mut self) -> Step<()> {
         if self.user.account.needs_resync() {
             self.resync("final check").await?;
         }
