@@ -257,11 +257,11 @@ impl<'a> Req<'a> {
     }
 }
 
-/// A shared connection pool for `clients` concurrent clients.
-pub fn http_client(clients: usize) -> Result<reqwest::Client, String> {
+/// A shared connection pool for `clients` concurrent clients; `timeout` per request.
+pub fn http_client(clients: usize, timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(clients.max(1))
-        .timeout(Duration::from_secs(120))
+        .timeout(timeout)
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .build()

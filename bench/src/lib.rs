@@ -103,6 +103,13 @@ pub struct Opts {
     /// Records per user prefilled for the reads workload.
     #[arg(long, default_value_t = 200)]
     pub reads_records: usize,
+    /// Seconds a request may take before it counts as unanswered ("transport").
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
+    /// Seconds a write of unknown outcome (5xx, or no answer) may take to land after the bench
+    /// gave up on it; its records are re-read and adopted only then.
+    #[arg(long, default_value_t = 5.0)]
+    pub settle: f64,
     /// Skip reading every user's data back after each run.
     #[arg(long)]
     pub no_final_check: bool,
@@ -146,6 +153,8 @@ impl Opts {
             duration: Duration::from_secs_f64(self.duration),
             reads_records: self.reads_records,
             final_check: !self.no_final_check,
+            request_timeout: Duration::from_secs_f64(self.timeout.clamp(0.001, 3600.0)),
+            settle: Duration::from_secs_f64(self.settle.clamp(0.0, 3600.0)),
             db_processes,
             quiet: self.quiet,
         })

@@ -3,12 +3,15 @@
 //!
 //! A client owns a user while it runs a session for it (see `workload.rs`), so nothing else
 //! writes that user's data meanwhile: every read must show exactly the acknowledged state. A
-//! write whose outcome is unknown (a 5xx or a transport error: the server may have committed it)
-//! marks what it touched as uncertain; checks skip uncertain records until the next session
-//! re-reads the collection and adopts what the server holds for them.
+//! write whose outcome is unknown (a 5xx or a transport error: the server may have committed it,
+//! or may still commit it later, since a unit of work outlives an abandoned request) marks what
+//! it touched as uncertain. Checks skip uncertain records (and the touched collections'
+//! timestamps) until a session re-reads them once the write has had time to settle, and adopts
+//! what the server holds for them.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -66,15 +69,10 @@ pub struct Coll {
     pub records: HashMap<String, Rec>,
     /// The collection's last-modified time as acknowledged.
     pub modified: Ms,
-    pub dirty: Dirty,
 }
 
-impl Coll {
-    /// No failed write left this collection uncertain.
-    pub fn dirty_is_clean(&self) -> bool {
-        self.dirty.is_clean()
-    }
-}
+static CLEAN: Dirty = Dirty::Clean;
+static ALL: Dirty = Dirty::All;
 
 /// One record as read back.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,13 +98,50 @@ fn problem(kind: &'static str, detail: String) -> Problem {
 #[derive(Debug, Clone, Default)]
 pub struct Account {
     pub collections: BTreeMap<String, Coll>,
+    /// What writes of unknown outcome may have changed, by collection. Kept apart from the
+    /// records: acknowledged writes and deletes after such a write do not make it certain.
+    pub dirty: BTreeMap<String, Dirty>,
     /// A DELETE of the whole storage whose outcome is unknown.
     pub storage_dirty: bool,
+    /// When the last write of unknown outcome was given up.
+    pub last_uncertain: Option<Instant>,
 }
 
 impl Account {
-    pub fn needs_resync(&self) -> bool {
-        self.storage_dirty || self.collections.values().any(|c| !c.dirty.is_clean())
+    /// Something is uncertain.
+    pub fn is_uncertain(&self) -> bool {
+        self.storage_dirty || !self.dirty.is_empty()
+    }
+
+    /// Something is uncertain and the last write of unknown outcome was given up at least
+    /// `settle` ago: time to re-read and adopt.
+    pub fn needs_resync(&self, now: Instant, settle: Duration) -> bool {
+        self.is_uncertain()
+            && self
+                .last_uncertain
+                .is_none_or(|t| now.saturating_duration_since(t) >= settle)
+    }
+
+    /// How long until `needs_resync` (zero when it already does, or when nothing is uncertain).
+    pub fn settles_in(&self, now: Instant, settle: Duration) -> Duration {
+        match self.last_uncertain {
+            Some(t) if self.is_uncertain() => {
+                settle.saturating_sub(now.saturating_duration_since(t))
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    fn dirty_of(&self, coll: &str) -> &Dirty {
+        if self.storage_dirty {
+            return &ALL;
+        }
+        self.dirty.get(coll).unwrap_or(&CLEAN)
+    }
+
+    /// No write of unknown outcome touched `coll` since its last resync.
+    pub fn is_clean(&self, coll: &str) -> bool {
+        self.dirty_of(coll).is_clean()
     }
 
     pub fn has_record(&self, coll: &str, id: &str) -> bool {
@@ -141,13 +176,12 @@ impl Account {
 
     pub fn ack_delete_storage(&mut self) {
         self.collections.clear();
-        self.storage_dirty = false;
     }
 
-    /// A write to `ids` of `coll` may or may not have happened.
+    /// A write to `ids` of `coll` may or may not have happened (or may happen later).
     pub fn uncertain<'a>(&mut self, coll: &str, ids: impl IntoIterator<Item = &'a str>) {
-        let c = self.collections.entry(coll.to_owned()).or_default();
-        match &mut c.dirty {
+        self.last_uncertain = Some(Instant::now());
+        match self.dirty.entry(coll.to_owned()).or_default() {
             Dirty::All => {}
             Dirty::Ids(set) => set.extend(ids.into_iter().map(str::to_owned)),
             d @ Dirty::Clean => *d = Dirty::Ids(ids.into_iter().map(str::to_owned).collect()),
@@ -155,11 +189,25 @@ impl Account {
     }
 
     pub fn uncertain_collection(&mut self, coll: &str) {
-        self.collections.entry(coll.to_owned()).or_default().dirty = Dirty::All;
+        self.last_uncertain = Some(Instant::now());
+        self.dirty.insert(coll.to_owned(), Dirty::All);
     }
 
     pub fn uncertain_storage(&mut self) {
+        self.last_uncertain = Some(Instant::now());
         self.storage_dirty = true;
+    }
+
+    /// The collections a resync must read: the uncertain ones, or all there may be.
+    pub fn resync_names(&self, listed: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut names: Vec<String> = self.dirty.keys().cloned().collect();
+        if self.storage_dirty {
+            names.extend(listed);
+            names.extend(self.collections.keys().cloned());
+        }
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// `GET info/collections` against the acknowledged collection timestamps.
@@ -169,7 +217,7 @@ impl Account {
             return out;
         }
         for (name, c) in &self.collections {
-            if !c.dirty.is_clean() {
+            if !self.is_clean(name) {
                 continue;
             }
             match got.get(name).map(|s| seconds_to_ms(*s)) {
@@ -185,7 +233,7 @@ impl Account {
             }
         }
         for name in got.keys() {
-            if !self.collections.contains_key(name) {
+            if !self.collections.contains_key(name) && self.is_clean(name) {
                 out.push(problem(
                     "unexpected collection in info/collections",
                     name.clone(),
@@ -210,9 +258,10 @@ impl Account {
         }
         let empty = Coll::default();
         let c = self.collections.get(coll).unwrap_or(&empty);
+        let dirty = self.dirty_of(coll);
         if let (Some(lm), true, true) = (
             last_modified,
-            c.dirty.is_clean(),
+            dirty.is_clean(),
             self.collections.contains_key(coll),
         ) && lm != c.modified
         {
@@ -227,7 +276,7 @@ impl Account {
                 out.push(problem("duplicate record", format!("{coll}/{}", b.id)));
                 continue;
             }
-            if c.dirty.covers(&b.id) {
+            if dirty.covers(&b.id) {
                 continue;
             }
             let modified = seconds_to_ms(b.modified);
@@ -246,7 +295,7 @@ impl Account {
             }
         }
         for (id, r) in &c.records {
-            if r.modified > newer && !seen.contains(id.as_str()) && !c.dirty.covers(id) {
+            if r.modified > newer && !seen.contains(id.as_str()) && !dirty.covers(id) {
                 out.push(problem(
                     "missing record",
                     format!("{coll}/{id} acknowledged at {}", r.modified),
@@ -258,7 +307,7 @@ impl Account {
 
     /// `GET storage/coll/id`: `None` for a 404.
     pub fn check_record(&self, coll: &str, id: &str, got: Option<&WireBso>) -> Vec<Problem> {
-        if self.storage_dirty {
+        if self.dirty_of(coll).covers(id) {
             return Vec::new();
         }
         let Some(c) = self.collections.get(coll) else {
@@ -267,9 +316,6 @@ impl Account {
                 None => Vec::new(),
             };
         };
-        if c.dirty.covers(id) {
-            return Vec::new();
-        }
         match (c.records.get(id), got) {
             (None, None) => Vec::new(),
             (None, Some(_)) => vec![problem("unexpected record", format!("{coll}/{id}"))],
@@ -290,13 +336,12 @@ impl Account {
         info_ts: Option<Ms>,
         got: &[WireBso],
     ) -> Vec<Problem> {
-        let storage_dirty = self.storage_dirty;
-        let c = self.collections.entry(coll.to_owned()).or_default();
-        let dirty = if storage_dirty {
-            Dirty::All
-        } else {
-            std::mem::take(&mut c.dirty)
+        let dirty = match self.dirty.remove(coll) {
+            _ if self.storage_dirty => Dirty::All,
+            Some(d) => d,
+            None => Dirty::Clean,
         };
+        let c = self.collections.entry(coll.to_owned()).or_default();
         let mut out = Vec::new();
         let mut fresh = HashMap::with_capacity(got.len());
         for b in got {
@@ -340,9 +385,11 @@ impl Account {
         out
     }
 
-    /// Ends a resync of the whole storage (every collection has been resynced).
-    pub fn storage_resynced(&mut self) {
+    /// Ends a resync: every collection `resync_names` gave has been re-read.
+    pub fn resynced(&mut self) {
         self.storage_dirty = false;
+        self.dirty.clear();
+        self.last_uncertain = None;
     }
 }
 
@@ -490,7 +537,19 @@ mod tests {
     fn uncertain_writes_are_adopted_on_resync() {
         let mut a = account();
         a.uncertain("history", ["b", "d"]);
-        assert!(a.needs_resync());
+        let settle = Duration::from_secs(5);
+        assert!(
+            !a.needs_resync(Instant::now(), settle),
+            "not before it settles"
+        );
+        assert!(a.needs_resync(Instant::now() + settle, settle));
+        // An acknowledged delete of the collection does not make the late write certain.
+        let mut b = a.clone();
+        b.ack_delete_collection("history");
+        assert!(!b.is_clean("history"));
+        let late = body(&[("b", 1000.05, "pb2")]);
+        let (_, p) = check_listing_body(&b, "history", 0, Some(1_000_050), &late).unwrap();
+        assert_eq!(p, vec![]);
         // The failed write did land for b and d: a listing showing them is not an error.
         let got = body(&[
             ("a", 1000.01, "pa"),
@@ -501,11 +560,13 @@ mod tests {
         let (_, p) = check_listing_body(&a, "history", 0, Some(1_000_050), &got).unwrap();
         assert_eq!(p, vec![]);
         let got: Vec<WireBso> = serde_json::from_slice(&got).unwrap();
+        assert_eq!(a.resync_names([]), ["history"]);
         assert_eq!(
             a.resync_collection("history", Some(1_000_050), &got),
             vec![]
         );
-        assert!(!a.needs_resync());
+        a.resynced();
+        assert!(!a.is_uncertain());
         assert_eq!(a.collections["history"].modified, 1_000_050);
         assert_eq!(
             a.collections["history"].records["d"].hash,

@@ -25,6 +25,10 @@ pub struct RunConfig {
     /// Records per user prefilled for `reads`.
     pub reads_records: usize,
     pub final_check: bool,
+    /// Per request; a write that times out has an unknown outcome.
+    pub request_timeout: Duration,
+    /// How long a write of unknown outcome may take to land after the client gave up.
+    pub settle: Duration,
     /// Names of database server processes whose CPU is reported.
     pub db_processes: Vec<String>,
     pub quiet: bool,
@@ -206,7 +210,7 @@ pub async fn run_one(
     label: &str,
     round: usize,
 ) -> Result<RunResult, String> {
-    let http = http_client(cfg.clients)?;
+    let http = http_client(cfg.clients, cfg.request_timeout)?;
     let name = if label.is_empty() {
         format!("{} round {round}", workload.name())
     } else {
@@ -296,6 +300,7 @@ async fn measure(
 ) -> Result<(RunResult, ProcFigures), String> {
     let endpoint = Arc::new(Endpoint::new(url, secret)?);
     let progress = Arc::new(Progress::default());
+    let settle = cfg.settle;
     let mut procs = ProcFigures {
         machine_cores: procstat::cores(),
         ..Default::default()
@@ -322,12 +327,13 @@ async fn measure(
             http,
             &endpoint,
             &progress,
-            |mut c, mut u, mut r| async move {
+            move |mut c, mut u, mut r| async move {
                 let mut s = Session {
                     client: &mut c,
                     user: &mut u,
                     rng: &mut r,
                     end: None,
+                    settle,
                 };
                 let _ = s.delete_storage("set-up").await;
                 (c, u, r)
@@ -358,6 +364,7 @@ async fn measure(
                     user: &mut u,
                     rng: &mut r,
                     end: None,
+                    settle,
                 };
                 let _ = s.prefill(records).await;
                 (c, u, r)
@@ -444,6 +451,7 @@ async fn measure(
                     user: &mut user,
                     rng: &mut rng,
                     end: Some(window.end),
+                    settle,
                 };
                 let _ = match workload {
                     Workload::Mixed => s.mixed().await,
@@ -477,18 +485,25 @@ async fn measure(
             cfg,
             &format!("[{name}] final check: reading back every user's collections"),
         );
+        // Read-backs are not measured: give them time even when --timeout is short.
+        let http = http_client(
+            cfg.clients,
+            cfg.request_timeout.max(Duration::from_secs(300)),
+        )?;
+        let http = &http;
         let (_, r) = for_each_user(
             users,
             cfg.clients,
             http,
             &endpoint,
             &progress,
-            |mut c, mut u, mut r| async move {
+            move |mut c, mut u, mut r| async move {
                 let mut s = Session {
                     client: &mut c,
                     user: &mut u,
                     rng: &mut r,
                     end: None,
+                    settle,
                 };
                 let _ = s.final_check().await;
                 (c, u, r)

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -225,6 +225,8 @@ pub struct Session<'a> {
     pub rng: &'a mut StdRng,
     /// Stop issuing requests after this instant.
     pub end: Option<Instant>,
+    /// How long a write of unknown outcome may take to land after the client gave up.
+    pub settle: Duration,
 }
 
 /// Aborts a session (the end of the run, or a failed request).
@@ -397,7 +399,7 @@ impl Session<'_> {
     fn precondition(&self, device: Option<usize>, coll: &str) -> Option<String> {
         let d = device?;
         let c = self.user.account.collections.get(coll)?;
-        if !c.dirty_is_clean() {
+        if !self.user.account.is_clean(coll) {
             return None;
         }
         let last = *self.user.devices[d].last.get(coll)?;
@@ -642,21 +644,7 @@ impl Session<'_> {
         let req = Req::new(kind, Method::GET, self.path("/info/collections"));
         let r = self.send(req).await.map_err(|_| Stop)?;
         let info: HashMap<String, f64> = serde_json::from_slice(&r.body).map_err(|_| Stop)?;
-        let mut names: Vec<String> = if self.user.account.storage_dirty {
-            let mut n: Vec<String> = info.keys().cloned().collect();
-            n.extend(self.user.account.collections.keys().cloned());
-            n
-        } else {
-            self.user
-                .account
-                .collections
-                .iter()
-                .filter(|(_, c)| !c.dirty_is_clean())
-                .map(|(n, _)| n.clone())
-                .collect()
-        };
-        names.sort();
-        names.dedup();
+        let names = self.user.account.resync_names(info.keys().cloned());
         for coll in names {
             let req = Req::new(
                 kind,
@@ -669,13 +657,13 @@ impl Session<'_> {
             let problems = self.user.account.resync_collection(&coll, info_ts, &got);
             self.client.verified(self.uid(), got.len(), problems);
         }
-        self.user.account.storage_resynced();
+        self.user.account.resynced();
         Ok(())
     }
 
     /// A Firefox-like sync of one device (workload `mixed`).
     pub async fn mixed(&mut self) -> Step<()> {
-        if self.user.account.needs_resync() {
+        if self.user.account.needs_resync(Instant::now(), self.settle) {
             self.resync("GET resync").await?;
         }
         let d = self.rng.gen_range(0..DEVICES);
@@ -772,7 +760,7 @@ impl Session<'_> {
 
     /// One upload: a POST of up to 100 records or a batch (workload `writes`).
     pub async fn writes(&mut self) -> Step<()> {
-        if self.user.account.needs_resync() {
+        if self.user.account.needs_resync(Instant::now(), self.settle) {
             self.resync("GET resync").await?;
         }
         let coll = pick_collection(self.rng);
@@ -785,7 +773,7 @@ impl Session<'_> {
 
     /// A recent-changes listing, one record, info/collections (workload `reads`).
     pub async fn reads(&mut self) -> Step<()> {
-        if self.user.account.needs_resync() {
+        if self.user.account.needs_resync(Instant::now(), self.settle) {
             self.resync("GET resync").await?;
         }
         // A device a few uploads behind: 0 to 30 records come back.
@@ -843,7 +831,11 @@ impl Session<'_> {
     }
 
     async fn final_check_inner(&mut self) -> Step<()> {
-        if self.user.account.needs_resync() {
+        let wait = self.user.account.settles_in(Instant::now(), self.settle);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        if self.user.account.is_uncertain() {
             self.resync("final check").await?;
         }
         let req = Req::new("final check", Method::GET, self.path("/info/collections"));
