@@ -144,6 +144,23 @@ pub fn markdown(report: &Report) -> String {
                 .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
         );
     }
+    let mut settings_seen = Vec::new();
+    for r in &report.runs {
+        if !r.database_settings.is_empty() && !settings_seen.contains(&&r.database_settings) {
+            settings_seen.push(&r.database_settings);
+            let list = r
+                .database_settings
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                s,
+                "\nDatabase ({}): {list}.",
+                r.backend.map_or("-", |b| b.name())
+            );
+        }
+    }
     if !report.comparisons.is_empty() {
         let c0 = &report.comparisons[0];
         let _ = writeln!(
@@ -228,11 +245,13 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(
             s,
             "Outside the window: {} errors; writes with unknown outcome: {}; records refused in `failed`: {}. \
-             CPU s in the window: server {}, database {}, bench {}; server RSS MB: idle {}, end {}, max {}.",
+             CPU s in the window: server {} ({} requests per server CPU second), database {}, bench {}; \
+             server RSS MB: idle {}, end {}, max {}.",
             errors_text(&r.errors_outside_window),
             r.uncertain_writes,
             r.failed_records,
             opt(p.server_cpu_s, 1),
+            opt(r.req_per_server_cpu_s, 0),
             opt(p.db_cpu_s, 1),
             opt(p.bench_cpu_s, 1),
             opt(p.server_rss_idle_mb, 1),

@@ -83,6 +83,10 @@ pub struct RunResult {
     pub verification: VerifyLog,
     pub final_check: bool,
     pub process: ProcFigures,
+    /// Successful requests per CPU second of the server (how operators size by cores).
+    pub req_per_server_cpu_s: Option<f64>,
+    /// The database server's version and main settings, as it reported them.
+    pub database_settings: Vec<(String, String)>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -279,6 +283,13 @@ pub async fn run_one(
         r.stop().await?;
     }
     let (mut result, procs) = result?;
+    if let Target::Start(spec) = target {
+        result.database_settings = spec.database_settings().await;
+    }
+    result.req_per_server_cpu_s = procs
+        .server_cpu_s
+        .filter(|c| *c > 0.0)
+        .map(|c| result.total.ok as f64 / c);
     result.label = label.to_owned();
     result.server = server;
     result.backend = backend;
@@ -549,6 +560,8 @@ async fn measure(
         verification,
         final_check: cfg.final_check,
         process: ProcFigures::default(),
+        req_per_server_cpu_s: None,
+        database_settings: Vec::new(),
     };
     log(
         cfg,

@@ -100,6 +100,66 @@ async fn postgres_exec(admin: &str, sql: &str) -> Result<(), String> {
     result
 }
 
+/// The database server's version and the settings that matter most for the figures, so a
+/// report says what it ran on.
+async fn mysql_settings(admin: &str) -> Result<Vec<(String, String)>, String> {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::Opts::from_url(admin).map_err(|e| e.to_string())?;
+    let mut conn = mysql_async::Conn::new(opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let names = [
+        "version",
+        "innodb_buffer_pool_size",
+        "log_bin",
+        "innodb_flush_log_at_trx_commit",
+        "sync_binlog",
+    ];
+    let mut out = Vec::new();
+    for name in names {
+        // Text protocol: every value arrives as text; a missing variable is an error, skipped.
+        let v: Option<Option<String>> = conn
+            .query_first(format!("SELECT CAST(@@{name} AS CHAR)"))
+            .await
+            .unwrap_or(None);
+        if let Some(Some(v)) = v {
+            let v = match v.parse::<u64>() {
+                Ok(bytes) if name == "innodb_buffer_pool_size" => format!("{} MiB", bytes >> 20),
+                _ => v,
+            };
+            out.push((name.to_owned(), v));
+        }
+    }
+    conn.disconnect().await.map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+async fn postgres_settings(admin: &str) -> Result<Vec<(String, String)>, String> {
+    let (client, connection) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let task = tokio::spawn(connection);
+    let mut out = Vec::new();
+    for name in [
+        "server_version",
+        "shared_buffers",
+        "synchronous_commit",
+        "fsync",
+        "max_connections",
+    ] {
+        if let Ok(row) = client
+            .query_one(&format!("SELECT current_setting('{name}')"), &[])
+            .await
+            && let Ok(v) = row.try_get::<_, String>(0)
+        {
+            out.push((name.to_owned(), v));
+        }
+    }
+    drop(client);
+    let _ = task.await;
+    Ok(out)
+}
+
 impl ScratchDb {
     async fn drop_db(&self) -> Result<(), String> {
         match self {
@@ -118,6 +178,16 @@ impl ScratchDb {
 }
 
 impl ServerSpec {
+    /// The database server's version and main settings (empty for SQLite or when unreachable).
+    pub async fn database_settings(&self) -> Vec<(String, String)> {
+        let r = match self.backend {
+            Backend::Sqlite => return Vec::new(),
+            Backend::Mysql => mysql_settings(&self.mysql_url).await,
+            Backend::Postgres => postgres_settings(&self.postgres_url).await,
+        };
+        r.unwrap_or_default()
+    }
+
     /// Creates a scratch database, starts the server on a free port and waits for
     /// `__heartbeat__`.
     pub async fn start(&self, http: &reqwest::Client) -> Result<Running, String> {
