@@ -16,7 +16,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let report = match runtime.block_on(bench::run(&opts)) {
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = bench::run(&opts) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("bench: interrupted: stopping the servers it started, dropping scratch databases");
+                bench::server::cleanup_all().await;
+                Err("interrupted".to_owned())
+            }
+        }
+    });
+    let report = match outcome {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bench: {e}");

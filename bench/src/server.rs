@@ -58,6 +58,7 @@ pub struct Running {
     scratch_db: Option<ScratchDb>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum ScratchDb {
     Mysql { admin: String, name: String },
     Postgres { admin: String, name: String },
@@ -160,8 +161,46 @@ async fn postgres_settings(admin: &str) -> Result<Vec<(String, String)>, String>
     Ok(out)
 }
 
+/// Servers and scratch databases alive now, for `cleanup_all` (an interrupted bench).
+static LIVE_PIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+static LIVE_DBS: std::sync::Mutex<Vec<ScratchDb>> = std::sync::Mutex::new(Vec::new());
+
+fn live_dbs() -> std::sync::MutexGuard<'static, Vec<ScratchDb>> {
+    LIVE_DBS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn live_pids() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    LIVE_PIDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills the servers this process started and drops their scratch databases (on Ctrl-C).
+pub async fn cleanup_all() {
+    let pids: Vec<u32> = live_pids().drain(..).collect();
+    for pid in pids {
+        // SAFETY: kill(2) on a child this process started; no memory is involved.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dbs: Vec<ScratchDb> = live_dbs().clone();
+    for db in dbs {
+        if let Err(e) = db.drop_db().await {
+            eprintln!("bench: {e}");
+        }
+    }
+}
+
 impl ScratchDb {
     async fn drop_db(&self) -> Result<(), String> {
+        let result = self.drop_db_inner().await;
+        if result.is_ok() {
+            live_dbs().retain(|d| d != self);
+        }
+        result
+    }
+
+    async fn drop_db_inner(&self) -> Result<(), String> {
         match self {
             ScratchDb::Mysql { admin, name } => {
                 mysql_exec(admin, &format!("DROP DATABASE IF EXISTS `{name}`")).await
@@ -225,6 +264,9 @@ impl ServerSpec {
                 )
             }
         };
+        if let Some(db) = &scratch_db {
+            live_dbs().push(db.clone());
+        }
         match self.spawn(http, dir, database_url, scratch_db).await {
             Ok(r) => Ok(r),
             Err((e, scratch)) => {
@@ -282,6 +324,7 @@ impl ServerSpec {
             }
         };
         let pid = child.id().unwrap_or(0);
+        live_pids().push(pid);
         let url = format!("http://127.0.0.1:{port}");
         let mut running = Running {
             child,
@@ -350,6 +393,8 @@ impl Running {
     }
 
     async fn kill(&mut self) {
+        let pid = self.pid;
+        live_pids().retain(|p| *p != pid);
         if self.pid > 0 {
             // SAFETY: kill(2) on our own child's pid; no memory is involved.
             unsafe {
