@@ -2,7 +2,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked
+RUN cargo build --release --locked --bin syncserver
 
 FROM debian:bookworm-slim
 RUN useradd --system --home /data syncserver && mkdir -p /data && chown syncserver /data

@@ -1,4 +1,4 @@
-.PHONY: run run_mysql run_postgres run_spanner test lint fmt build ci fuzz
+.PHONY: run run_mysql run_postgres run_spanner test lint fmt build ci fuzz bench
 
 MYSQL_URL ?= mysql://root@127.0.0.1:3306/syncstorage
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/syncstorage
@@ -50,3 +50,19 @@ build:
 
 ci:
 	.ci/run
+
+# The load benchmark (bench/README.md): builds the release server and bench, then runs the
+# workloads on a fresh database of BACKEND (sqlite, mysql, postgres). BASELINE=path/to/another
+# syncserver binary runs it and this tree's server interleaved (A B A B) and prints the ratio.
+BACKEND ?= sqlite
+WORKLOAD ?= all
+BASELINE ?=
+BENCH_ARGS ?=
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+BENCH_JSON ?= $(TARGET_DIR)/bench.json
+
+bench:
+	cargo build --release --bin syncserver --bin bench
+	$(TARGET_DIR)/release/bench --backend $(BACKEND) --workload $(WORKLOAD) --json $(BENCH_JSON) \
+	  $(if $(BASELINE),--server-bin $(BASELINE) --compare-bin $(TARGET_DIR)/release/syncserver,--server-bin $(TARGET_DIR)/release/syncserver) \
+	  $(BENCH_ARGS)
