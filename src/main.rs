@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 
-use syncserver::auth::{Secrets, TokenPayload, tokenlib};
+use syncserver::auth::Secrets;
 use syncserver::settings::Settings;
 
 #[derive(Parser)]
@@ -124,21 +124,7 @@ fn mint(
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?
         .as_secs();
-    let payload = TokenPayload {
-        uid,
-        node: node.to_owned(),
-        expires: (now + duration) as f64,
-        salt: tokenlib::new_salt(),
-        // Spanner keys users by these: a stable identity per uid, as a tokenserver gives.
-        fxa_uid: format!("{uid:032x}"),
-        fxa_kid: "0000000000000-".into(),
-        hashed_fxa_uid: String::new(),
-        hashed_device_id: String::new(),
-        tokenserver_origin: Some("rust".into()),
-    };
-    let id = secrets.make_token(&payload);
-    let key = secrets.derived_secret(&id, &payload.salt);
-    Ok((id, key))
+    Ok(secrets.credentials(uid, node, now + duration))
 }
 
 fn token(

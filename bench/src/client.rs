@@ -11,8 +11,8 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use serde::Serialize;
 
+use syncserver::auth::Secrets;
 use syncserver::auth::hawk::{SignedRequest, sign};
-use syncserver::auth::{Secrets, TokenPayload, tokenlib};
 
 use crate::model::Problem;
 
@@ -51,20 +51,7 @@ impl Endpoint {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let payload = TokenPayload {
-            uid,
-            node: self.base.clone(),
-            expires: (now + 24 * 3600) as f64,
-            salt: tokenlib::new_salt(),
-            // Spanner keys users by these: a stable identity per uid.
-            fxa_uid: format!("{uid:032x}"),
-            fxa_kid: "0000000000000-".into(),
-            hashed_fxa_uid: String::new(),
-            hashed_device_id: String::new(),
-            tokenserver_origin: Some("rust".into()),
-        };
-        let id = self.secrets.make_token(&payload);
-        let key = self.secrets.derived_secret(&id, &payload.salt);
+        let (id, key) = self.secrets.credentials(uid, &self.base, now + 24 * 3600);
         Creds { uid, id, key }
     }
 }

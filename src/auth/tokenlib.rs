@@ -103,6 +103,26 @@ impl Secrets {
         let info = format!("{DERIVE_INFO}{token}");
         URL_SAFE.encode(hkdf32(&self.master, Some(salt.as_bytes()), info.as_bytes()))
     }
+
+    /// Hawk credentials (token id, key) for `uid` on `node` until `expires` (Unix seconds), as
+    /// a tokenserver sharing this master secret issues them (`syncserver token`, the bench).
+    pub fn credentials(&self, uid: u64, node: &str, expires: u64) -> (String, String) {
+        let payload = TokenPayload {
+            uid,
+            node: node.to_owned(),
+            expires: expires as f64,
+            salt: new_salt(),
+            // Spanner keys users by these: a stable identity per uid, as a tokenserver gives.
+            fxa_uid: format!("{uid:032x}"),
+            fxa_kid: "0000000000000-".into(),
+            hashed_fxa_uid: String::new(),
+            hashed_device_id: String::new(),
+            tokenserver_origin: Some("rust".into()),
+        };
+        let id = self.make_token(&payload);
+        let key = self.derived_secret(&id, &payload.salt);
+        (id, key)
+    }
 }
 
 /// 3 random bytes as 6 lowercase hex characters.

@@ -18,20 +18,6 @@ pub type MysqlStorage = crate::db::pooled::PooledStorage<AsyncMysqlConnection>;
 // The locking read comes first; later reads must see rows other writers committed while we
 // waited for it.
 impl crate::db::pooled::ServerConn for AsyncMysqlConnection {
-    type Manager = diesel_async::pooled_connection::AsyncDieselConnectionManager<Self>;
-    fn manager(
-        url: &str,
-        config: diesel_async::pooled_connection::ManagerConfig<Self>,
-    ) -> Self::Manager {
-        Self::Manager::new_with_config(url, config)
-    }
-    fn migrate(
-        url: &str,
-        migrations: diesel_migrations::EmbeddedMigrations,
-        setting: &str,
-    ) -> Result<(), String> {
-        crate::db::pooled::run_migrations::<Self, _>(url, migrations, setting)
-    }
     /// A lock wait outlasts the request's deadline, so the deadline (503) decides, not
     /// InnoDB's timeout (error 1205, whose SQLSTATE HY000 says nothing).
     fn session(settings: &crate::db::sql::PoolSettings) -> String {

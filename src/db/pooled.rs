@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{Manager, Object, Pool};
-use diesel_async::pooled_connection::ManagerConfig;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use diesel_migrations::EmbeddedMigrations;
 use futures::future::BoxFuture;
@@ -23,22 +23,43 @@ use crate::db::{PoolState, PurgeStats, StorageConfig};
 use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::protocol::SyncTimestamp;
 
-/// What differs between the server engines' connections: the isolation statements (and, for
-/// the compiler, their pool manager and migration harness).
-pub trait ServerConn: AsyncConnection + SimpleAsyncConnection + Send + 'static {
-    /// `AsyncDieselConnectionManager<Self>`.
-    type Manager: Manager<Type = Self, Error = diesel_async::pooled_connection::PoolError>
-        + Send
-        + Sync;
-    fn manager(url: &str, config: ManagerConfig<Self>) -> Self::Manager;
-    /// Runs the embedded migrations (`run_migrations`).
-    fn migrate(url: &str, migrations: EmbeddedMigrations, setting: &str) -> Result<(), String>;
+/// What differs between the server engines' connections: the isolation statements.
+pub trait ServerConn: AsyncConnection + SimpleAsyncConnection + Pooling + Send + 'static {
     /// SQL each new connection runs first.
     fn session(settings: &PoolSettings) -> String;
     /// SQL run before each write transaction begins (its isolation level; empty: none).
     const BEFORE_WRITE: &'static str;
     /// The first statement of each read transaction (its snapshot level; empty: none).
     const READ_START: &'static str;
+}
+
+/// What every diesel-async connection with a pool manager and a migration harness has, named
+/// once here so that generic code needs no diesel bounds.
+pub trait Pooling: Sized {
+    type Manager: Manager<Type = Self, Error = diesel_async::pooled_connection::PoolError>
+        + Send
+        + Sync;
+    fn manager(url: &str, config: ManagerConfig<Self>) -> Self::Manager;
+    /// Runs the embedded migrations (`run_migrations`).
+    fn migrate(url: &str, migrations: EmbeddedMigrations, setting: &str) -> Result<(), String>;
+}
+
+impl<C> Pooling for C
+where
+    C: AsyncConnection + 'static,
+    AsyncDieselConnectionManager<C>:
+        Manager<Type = C, Error = diesel_async::pooled_connection::PoolError> + Send + Sync,
+    diesel_async::async_connection_wrapper::AsyncConnectionWrapper<C>:
+        diesel::Connection<Backend = <C as diesel_async::AsyncConnectionCore>::Backend>
+            + diesel_migrations::MigrationHarness<<C as diesel_async::AsyncConnectionCore>::Backend>,
+{
+    type Manager = AsyncDieselConnectionManager<C>;
+    fn manager(url: &str, config: ManagerConfig<C>) -> Self::Manager {
+        AsyncDieselConnectionManager::new_with_config(url, config)
+    }
+    fn migrate(url: &str, migrations: EmbeddedMigrations, setting: &str) -> Result<(), String> {
+        run_migrations::<C, _>(url, migrations, setting)
+    }
 }
 
 /// Errors a pooled unit of work can end with: the storage API's and the tokenserver's.

@@ -17,20 +17,6 @@ pub fn is_postgres_url(url: &str) -> bool {
 pub type PostgresStorage = crate::db::pooled::PooledStorage<AsyncPgConnection>;
 
 impl crate::db::pooled::ServerConn for AsyncPgConnection {
-    type Manager = diesel_async::pooled_connection::AsyncDieselConnectionManager<Self>;
-    fn manager(
-        url: &str,
-        config: diesel_async::pooled_connection::ManagerConfig<Self>,
-    ) -> Self::Manager {
-        Self::Manager::new_with_config(url, config)
-    }
-    fn migrate(
-        url: &str,
-        migrations: diesel_migrations::EmbeddedMigrations,
-        setting: &str,
-    ) -> Result<(), String> {
-        crate::db::pooled::run_migrations::<Self, _>(url, migrations, setting)
-    }
     /// Writes: READ COMMITTED (explicit, in case the server's default is stricter), so each
     /// statement sees what other writers committed.
     fn session(_: &crate::db::sql::PoolSettings) -> String {
