@@ -162,6 +162,7 @@ fn open_for_admin(
     runtime: &tokio::runtime::Runtime,
     settings: &Settings,
 ) -> Result<syncserver::db::SharedStorage, String> {
+    settings.prepare_sqlite_dirs()?;
     let mut pool = settings.syncstorage.pool();
     pool.run_migrations = true;
     pool.max_size = 1;
@@ -191,9 +192,6 @@ fn migrate(settings: Settings) -> Result<(), String> {
         pool.run_migrations = true;
         pool.max_size = 1;
         let url = settings.tokenserver_url();
-        if url.starts_with("sqlite:") && settings.tokenserver.database_url.is_none() {
-            syncserver::settings::create_private_dir(&settings.data_dir)?;
-        }
         syncserver::tokenserver::db::open_tokenserver_db(&url, &pool)?;
         eprintln!(
             "syncserver: tokenserver migrations applied to {}",

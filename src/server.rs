@@ -28,9 +28,13 @@ impl Running {
 /// Opens the database (running migrations), binds `host:port` (port 0 picks one) and starts
 /// serving. Errors are start-up failures with a message naming the setting.
 pub async fn start(mut settings: Settings) -> Result<Running, String> {
-    if settings.syncstorage.database_url.is_none() {
-        crate::settings::create_private_dir(&settings.data_dir)?;
+    if !settings.upstream_only.is_empty() {
+        slog_scope::warn!(
+            "settings only syncstorage-rs reads have no effect here";
+            "settings" => settings.upstream_only.join(", ")
+        );
     }
+    settings.prepare_sqlite_dirs()?;
     settings.resolve_master_secret()?;
     settings.clamp_limits_to_backend();
     if !settings.syncstorage.enabled && !settings.tokenserver.enabled {
@@ -135,9 +139,6 @@ async fn open_tokenserver(
 ) -> Result<Tokenserver, String> {
     let ts = &settings.tokenserver;
     let url = settings.tokenserver_url();
-    if url.starts_with("sqlite:") && ts.database_url.is_none() {
-        crate::settings::create_private_dir(&settings.data_dir)?;
-    }
     let db = crate::tokenserver::db::open_tokenserver_db(&url, &ts.pool())?;
     let node = public_url(settings, addr);
     let node_type = ts

@@ -33,6 +33,96 @@ pub struct Settings {
     pub tokenserver: TokenserverSettings,
     pub http: HttpSettings,
     pub hawk: HawkSettings,
+    /// Settings given that only syncstorage-rs uses (`UPSTREAM_ONLY`), for one warning.
+    #[serde(skip)]
+    pub upstream_only: Vec<String>,
+}
+
+/// Settings syncstorage-rs accepts that have no effect here: an upstream configuration still
+/// starts, and start-up names the ones that are set.
+const UPSTREAM_ONLY: &[&str] = &[
+    "statsd_host",
+    "statsd_port",
+    "include_hostname_tag",
+    "worker_max_blocking_threads",
+    "cors_allowed_methods",
+    "cors_allowed_headers",
+    "syncstorage.database_pool_sweeper_task_interval",
+    "syncstorage.database_spanner_route_to_leader",
+    "syncstorage.statsd_label",
+    "syncstorage.glean_enabled",
+    "syncstorage.gcs_payload_bucket",
+    "syncstorage.gcs_payload_offload_collections",
+    "syncstorage.gcs_payload_max_concurrency",
+    "syncstorage.gcs_endpoint",
+];
+
+/// The names a table of the settings tree accepts (`None`: not a table of ours).
+fn known_keys(table: &str) -> Option<&'static [&'static str]> {
+    use serde_aux::serde_introspection::serde_introspect;
+    Some(match table {
+        "" => serde_introspect::<Settings>(),
+        "syncstorage" => serde_introspect::<StorageSettings>(),
+        "syncstorage.limits" => serde_introspect::<Limits>(),
+        "tokenserver" => serde_introspect::<TokenserverSettings>(),
+        "http" => serde_introspect::<HttpSettings>(),
+        "hawk" => serde_introspect::<HawkSettings>(),
+        _ => return None,
+    })
+}
+
+/// Refuses settings nobody reads (a misspelled name would otherwise leave its default in place
+/// silently), naming each, where it came from and the closest known name; returns those that
+/// only syncstorage-rs reads.
+fn check_unknown_keys(
+    unknown: Vec<String>,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<Vec<String>, String> {
+    let mut upstream = Vec::new();
+    let mut errors = Vec::new();
+    for key in unknown {
+        if UPSTREAM_ONLY.contains(&key.as_str()) {
+            upstream.push(key);
+            continue;
+        }
+        // A JWK carries members we do not read (alg, use, fxa-createdAt...).
+        if key.starts_with("tokenserver.fxa_oauth_primary_jwk.")
+            || key.starts_with("tokenserver.fxa_oauth_secondary_jwk.")
+        {
+            continue;
+        }
+        let (table, name) = key.rsplit_once('.').unwrap_or(("", &key));
+        let var = format!("{ENV_PREFIX}_{}", key.replace('.', "__").to_uppercase());
+        let from = if env.contains_key(&var) {
+            var
+        } else {
+            "the config file".to_owned()
+        };
+        let upstream_here = UPSTREAM_ONLY.iter().filter_map(|k| {
+            let (t, n) = k.rsplit_once('.').unwrap_or(("", k));
+            (t == table).then_some(n)
+        });
+        let closest = known_keys(table)
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .chain(upstream_here)
+            .map(|known| (strsim::levenshtein(name, known), known))
+            .min()
+            .filter(|(distance, known)| *distance <= (known.len() / 3).max(2));
+        let hint = match closest {
+            Some((_, known)) if table.is_empty() => format!("; did you mean `{known}`?"),
+            Some((_, known)) => format!("; did you mean `{table}.{known}`?"),
+            None => String::new(),
+        };
+        errors.push(format!("unknown setting `{key}` (from {from}){hint}"));
+    }
+    if errors.is_empty() {
+        upstream.sort();
+        Ok(upstream)
+    } else {
+        Err(errors.join("\n"))
+    }
 }
 
 /// How strictly storage requests' Hawk headers are checked (`[hawk]`, `SYNC_HAWK__*`). The
@@ -134,6 +224,7 @@ impl Default for Settings {
             tokenserver: TokenserverSettings::default(),
             http: HttpSettings::default(),
             hawk: HawkSettings::default(),
+            upstream_only: Vec::new(),
         }
     }
 }
@@ -202,14 +293,16 @@ impl Settings {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
-                .source(Some(env)),
+                .source(Some(env.clone())),
         );
         let raw = builder
             .build()
             .map_err(|e| format!("invalid settings: {e}"))?;
-        let mut settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| format!("invalid setting: {e}"))?;
+        let mut unknown = Vec::new();
+        let mut settings: Settings =
+            serde_ignored::deserialize(raw, |path| unknown.push(path.to_string()))
+                .map_err(|e| format!("invalid setting: {e}"))?;
+        settings.upstream_only = check_unknown_keys(unknown, &env)?;
         settings.syncstorage.limits.validate()?;
         if settings.syncstorage.database_pool_max_size == 0 {
             return Err("syncstorage.database_pool_max_size must be greater than 0".into());
@@ -275,6 +368,38 @@ impl Settings {
                 .max_total_bytes
                 .min(crate::db::spanner::MAX_TOTAL_BYTES);
         }
+    }
+
+    /// Makes the directories of the SQLite files: only the data directory and those under it;
+    /// elsewhere a missing directory is an error naming the setting (a mistyped path must not
+    /// quietly become a new, empty database).
+    pub fn prepare_sqlite_dirs(&self) -> Result<(), String> {
+        let urls = [
+            ("syncstorage.database_url", self.storage_url()),
+            ("tokenserver.database_url", self.tokenserver_url()),
+        ];
+        for (setting, url) in urls {
+            let Some(target) = crate::db::sqlite::SqliteTarget::from_url(&url) else {
+                continue;
+            };
+            let Some(dir) = target.path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+                continue;
+            };
+            if dir.is_dir() {
+                continue;
+            }
+            if !dir.starts_with(&self.data_dir) {
+                return Err(format!(
+                    "{setting}: directory {} does not exist (create it first; only directories under data_dir {} are created)",
+                    dir.display(),
+                    self.data_dir.display()
+                ));
+            }
+            create_private_dir(&self.data_dir)?;
+            fs::create_dir_all(dir)
+                .map_err(|e| format!("{setting}: cannot create {}: {e}", dir.display()))?;
+        }
+        Ok(())
     }
 
     /// The tokenserver database URL: by default the storage database when that is a server
@@ -374,7 +499,6 @@ mod tests {
                     "SYNC_SYNCSTORAGE__LIMITS__COLLECTIONS",
                     "{\"tabs\": {\"max_post_bytes\": 3}}",
                 ),
-                ("SYNC__IGNORED", "1"),
                 ("OTHER", "x"),
             ]),
         )
@@ -406,6 +530,86 @@ mod tests {
         assert!(e.contains("enable_quota"), "{e}");
         let e = Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[])).unwrap_err();
         assert!(e.contains("--config"), "{e}");
+    }
+
+    #[test]
+    fn misspelled_settings_stop_start_up_with_the_closest_name() {
+        let e = Settings::load_from(
+            None,
+            env(&[("SYNC_SYNCSTORAGE__DATABSE_URL", "mysql://root@h/x")]),
+        )
+        .unwrap_err();
+        assert!(e.contains("SYNC_SYNCSTORAGE__DATABSE_URL"), "{e}");
+        assert!(e.contains("`syncstorage.database_url`"), "{e}");
+        let e = Settings::load_from(None, env(&[("SYNC_MASTER_SECRETS", "x")])).unwrap_err();
+        assert!(e.contains("did you mean `master_secret`"), "{e}");
+        // A double underscore after the prefix is no setting either.
+        let e = Settings::load_from(None, env(&[("SYNC__PORT", "1")])).unwrap_err();
+        assert!(e.contains("SYNC__PORT"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        fs::write(
+            &file,
+            "[syncstorage]\ndatabse_url = \"sqlite:x.db\"\n[tokenserver]\nenabeld = true\n",
+        )
+        .unwrap();
+        let e = Settings::load_from(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            e.contains("`syncstorage.databse_url` (from the config file)"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `syncstorage.database_url`"), "{e}");
+        assert!(e.contains("did you mean `tokenserver.enabled`"), "{e}");
+        // Nothing close: no guess.
+        let e = Settings::load_from(None, env(&[("SYNC_HTTP__ZZZZZZZZZZ", "1")])).unwrap_err();
+        assert!(
+            e.contains("`http.zzzzzzzzzz`") && !e.contains("did you mean"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn upstream_settings_are_accepted_and_named() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SYNC_STATSD_HOST", "localhost"),
+                ("SYNC_SYNCSTORAGE__GLEAN_ENABLED", "false"),
+                // A JWK as FxA publishes it, members we do not read included.
+                ("SYNC_TOKENSERVER__FXA_OAUTH_PRIMARY_JWK__KTY", "RSA"),
+                ("SYNC_TOKENSERVER__FXA_OAUTH_PRIMARY_JWK__N", "abc"),
+                ("SYNC_TOKENSERVER__FXA_OAUTH_PRIMARY_JWK__E", "AQAB"),
+                ("SYNC_TOKENSERVER__FXA_OAUTH_PRIMARY_JWK__ALG", "RS256"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.upstream_only,
+            vec![
+                "statsd_host".to_owned(),
+                "syncstorage.glean_enabled".to_owned()
+            ]
+        );
+        assert!(s.tokenserver.fxa_oauth_primary_jwk.is_some());
+
+        // The whole JWK in one variable, as JSON.
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "SYNC_TOKENSERVER__FXA_OAUTH_SECONDARY_JWK",
+                r#"{"kty":"RSA","alg":"RS256","kid":"k1","use":"sig","n":"abc","e":"AQAB"}"#,
+            )]),
+        )
+        .unwrap();
+        let jwk = s.tokenserver.fxa_oauth_secondary_jwk.unwrap();
+        assert_eq!((jwk.n.as_str(), jwk.kid.as_deref()), ("abc", Some("k1")));
+        let e = Settings::load_from(
+            None,
+            env(&[("SYNC_TOKENSERVER__FXA_OAUTH_SECONDARY_JWK", "{not json")]),
+        )
+        .unwrap_err();
+        assert!(e.contains("JWK"), "{e}");
     }
 
     #[test]

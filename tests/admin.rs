@@ -2,8 +2,6 @@
 #[macro_use]
 mod common;
 
-use std::process::Command;
-
 use common::db::*;
 use common::*;
 use serde_json::json;
@@ -19,7 +17,7 @@ fn bso_rows(server: &TestServer) -> i64 {
 }
 
 fn syncserver(server: &TestServer, args: &[&str]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncserver"));
+    let mut cmd = common::syncserver_command();
     if spanner(server) {
         cmd.env(
             "SYNC_SYNCSTORAGE__SPANNER_EMULATOR_HOST",
@@ -106,7 +104,7 @@ async fn migrate_is_idempotent_beside_a_running_server() {
 async fn token_command_credentials_work_against_the_server() {
     let server = TestServer::start().await;
     let port = server.port.to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_syncserver"))
+    let out = common::syncserver_command()
         .args(["token", "--uid", "77"])
         .env("SYNC_DATA_DIR", server.dir.path())
         .env("SYNC_MASTER_SECRET", MASTER_SECRET)
@@ -162,13 +160,33 @@ fn invalid_setting_stops_start_up_naming_it() {
             "oracle://nope",
             "syncstorage.database_url",
         ),
+        // No scheme: refused, not taken for a SQLite file at ./mysql/root@host/x.
+        (
+            "SYNC_SYNCSTORAGE__DATABASE_URL",
+            "mysql//root@host/x",
+            "unsupported database URL",
+        ),
+        // A mistyped directory is not created (only those under data_dir are).
+        (
+            "SYNC_SYNCSTORAGE__DATABASE_URL",
+            "sqlite:/nonexistent-dir/sub/x.db",
+            "directory /nonexistent-dir/sub does not exist",
+        ),
+        (
+            "SYNC_SYNCSTORAGE__DATABSE_URL",
+            "mysql://root@127.0.0.1/x",
+            "did you mean `syncstorage.database_url`",
+        ),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_syncserver"))
+        let out = common::syncserver_command()
             .env("SYNC_DATA_DIR", dir.path())
             .env(var, value)
             .output()
             .unwrap();
-        assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains(named));
+        assert!(!out.status.success(), "{var}={value} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(named), "{var}={value}: {stderr}");
     }
+    assert!(!std::path::Path::new("/nonexistent-dir").exists());
+    assert!(!std::path::Path::new("mysql").exists());
 }

@@ -11,7 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ fn start(env: &[(String, String)], log: &std::path::Path) -> Server {
         .append(true)
         .open(log)
         .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_syncserver"))
+    let child = common::syncserver_command()
         .envs(env.iter().cloned())
         .env("SYNC_PORT", port.to_string())
         .stdout(Stdio::null())

@@ -302,6 +302,13 @@ impl ServerSpec {
             Err(e) => return Err((e.to_string(), scratch_db)),
         };
         let mut cmd = Command::new(&self.bin);
+        // Only the settings given here (and --server-env): this server refuses unknown SYNC_*
+        // variables, such as a test run's.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SYNC_") {
+                cmd.env_remove(key);
+            }
+        }
         cmd.current_dir(dir.path())
             .env("SYNC_HOST", "127.0.0.1")
             .env("SYNC_PORT", port.to_string())

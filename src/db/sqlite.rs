@@ -29,16 +29,12 @@ pub struct SqliteTarget {
 }
 
 impl SqliteTarget {
-    /// `sqlite:PATH`, `sqlite://PATH`, `sqlite:///ABS`, or a bare path ending in .db/.sqlite.
+    /// `sqlite:PATH`, `sqlite://PATH` or `sqlite:///ABS`; anything else is not SQLite (a URL
+    /// without a known scheme is refused, not taken for a file name).
     pub fn from_url(url: &str) -> Option<Self> {
-        let path = if let Some(rest) = url.strip_prefix("sqlite:") {
-            let rest = rest.strip_prefix("//").unwrap_or(rest);
-            rest.split('?').next().unwrap_or(rest).to_owned()
-        } else if !url.contains("://") && !url.is_empty() {
-            url.to_owned()
-        } else {
-            return None;
-        };
+        let rest = url.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or(rest).to_owned();
         (!path.is_empty()).then(|| SqliteTarget {
             path: PathBuf::from(path),
         })
@@ -80,10 +76,6 @@ pub(crate) fn open_pool(
     settings: &PoolSettings,
     setting: &str,
 ) -> Result<Pool<ConnectionManager<Conn>>, String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
     let manager = ConnectionManager::<Conn>::new(path.to_string_lossy());
     Pool::builder()
         .max_size(settings.max_size.max(1))
@@ -294,10 +286,8 @@ mod tests {
         assert_eq!(p("sqlite:data/s.db"), Some(PathBuf::from("data/s.db")));
         assert_eq!(p("sqlite:///tmp/s.db"), Some(PathBuf::from("/tmp/s.db")));
         assert_eq!(p("sqlite://rel.db"), Some(PathBuf::from("rel.db")));
-        assert_eq!(
-            p("/var/lib/sync.db"),
-            Some(PathBuf::from("/var/lib/sync.db"))
-        );
+        assert_eq!(p("/var/lib/sync.db"), None);
+        assert_eq!(p("mysql//root@host/x"), None);
         assert_eq!(p("mysql://root@localhost/db"), None);
         assert_eq!(p(""), None);
         assert_eq!(p("sqlite:"), None);

@@ -2,7 +2,7 @@
 //! needs them to: the tokenserver is on, runs its migrations, and trusts Mozilla's production
 //! Firefox Accounts.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::oauth::Jwk;
 use crate::db::sql::PoolSettings;
@@ -34,7 +34,10 @@ pub struct TokenserverSettings {
     pub fxa_oauth_request_timeout: u64,
     /// Seconds to connect to FxA (at most the request timeout).
     pub fxa_oauth_connect_timeout: u64,
+    /// A TOML table, one variable per member, or the whole JWK as JSON in one variable.
+    #[serde(deserialize_with = "jwk_or_json")]
     pub fxa_oauth_primary_jwk: Option<Jwk>,
+    #[serde(deserialize_with = "jwk_or_json")]
     pub fxa_oauth_secondary_jwk: Option<Jwk>,
     pub fxa_metrics_hash_secret: Secret,
     pub fxa_webhook_enabled: bool,
@@ -146,5 +149,24 @@ impl TokenserverSettings {
             self.database_url = None;
         }
         Ok(())
+    }
+}
+
+/// A JWK given as a table (TOML, or `..._JWK__N`-style variables) or as one JSON string, as
+/// upstream's operators set it (`SYNC_TOKENSERVER__FXA_OAUTH_PRIMARY_JWK='{"kty":"RSA",...}'`).
+fn jwk_or_json<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Jwk>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Json(String),
+        Key(Jwk),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Json(s)) if s.trim().is_empty() => Ok(None),
+        Some(Raw::Json(s)) => serde_json::from_str(&s)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("a JWK as JSON: {e}"))),
+        Some(Raw::Key(key)) => Ok(Some(key)),
     }
 }

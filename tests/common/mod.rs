@@ -9,6 +9,18 @@
 #![allow(dead_code)]
 
 pub mod backends;
+
+/// The server binary as a child process, without the `SYNC_*` variables of the test run
+/// (`SYNC_TEST_*`...), which it would refuse as unknown settings: each test sets its own.
+pub fn syncserver_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_syncserver"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SYNC_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
 pub mod db;
 pub mod fxa;
 pub mod storage;
