@@ -118,7 +118,14 @@ fn mint(
     node: &str,
     duration: u64,
 ) -> Result<(String, String), String> {
-    settings.resolve_master_secret()?;
+    // Credentials from a secret made up here would be refused by the server: only its own.
+    if !settings.load_master_secret()? {
+        return Err(format!(
+            "master_secret: not set and {} does not exist; run this with the server's settings \
+             (its --config, SYNC_DATA_DIR or SYNC_MASTER_SECRET)",
+            settings.data_dir.join("master_secret").display()
+        ));
+    }
     let secrets = Secrets::new(&settings.master_secret);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -133,7 +140,9 @@ fn token(
     node: Option<String>,
     duration: u64,
 ) -> Result<(), String> {
-    let node = node.unwrap_or_else(|| format!("http://{}:{}", settings.host, settings.port));
+    let node = node
+        .or_else(|| settings.public_url.clone())
+        .unwrap_or_else(|| format!("http://{}:{}", settings.host, settings.port));
     let (id, key) = mint(&mut settings, uid, &node, duration)?;
     let out = serde_json::json!({
         "id": id,

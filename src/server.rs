@@ -68,6 +68,13 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
         )
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if settings.public_url.is_none() && addr.ip().is_unspecified() {
+        slog_scope::warn!(
+            "listening on every interface without public_url: Firefox is told this server is \
+             at the node below, which other machines cannot reach; set public_url";
+            "node" => public_url(&settings, addr)
+        );
+    }
     let tokenserver = if settings.tokenserver.enabled {
         Some(Arc::new(open_tokenserver(&settings, addr).await?))
     } else {

@@ -416,21 +416,31 @@ impl Settings {
         }
     }
 
+    /// The configured master secret, or the one kept in `<data_dir>/master_secret`: whether
+    /// there is one (none is an error only when the file exists but is empty).
+    pub fn load_master_secret(&mut self) -> Result<bool, String> {
+        if !self.master_secret.is_empty() {
+            return Ok(true);
+        }
+        let path = self.data_dir.join("master_secret");
+        let Ok(text) = fs::read_to_string(&path) else {
+            return Ok(false);
+        };
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(format!("master_secret: {} is empty", path.display()));
+        }
+        self.master_secret = secret.into();
+        Ok(true)
+    }
+
     /// The configured master secret, or the one kept in `<data_dir>/master_secret`, generated
     /// (mode 0600) on first start so restarts keep issued tokens valid.
     pub fn resolve_master_secret(&mut self) -> Result<(), String> {
-        if !self.master_secret.is_empty() {
+        if self.load_master_secret()? {
             return Ok(());
         }
         let path = self.data_dir.join("master_secret");
-        if let Ok(text) = fs::read_to_string(&path) {
-            let secret = text.trim();
-            if secret.is_empty() {
-                return Err(format!("master_secret: {} is empty", path.display()));
-            }
-            self.master_secret = secret.into();
-            return Ok(());
-        }
         create_private_dir(&self.data_dir)?;
         let mut bytes = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);

@@ -190,3 +190,29 @@ fn invalid_setting_stops_start_up_naming_it() {
     assert!(!std::path::Path::new("/nonexistent-dir").exists());
     assert!(!std::path::Path::new("mysql").exists());
 }
+
+#[test]
+fn token_refuses_a_secret_it_would_have_to_make_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::syncserver_command()
+        .args(["token", "--uid", "7"])
+        .env("SYNC_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SYNC_DATA_DIR"), "{stderr}");
+    assert!(!dir.path().join("master_secret").exists());
+
+    // With the server's secret, the node is its public URL.
+    let out = common::syncserver_command()
+        .args(["token", "--uid", "7"])
+        .env("SYNC_DATA_DIR", dir.path())
+        .env("SYNC_MASTER_SECRET", "s3cret")
+        .env("SYNC_PUBLIC_URL", "https://sync.example.com/")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["api_endpoint"], "https://sync.example.com/1.5/7");
+}
