@@ -30,8 +30,10 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// 408, code 0: a request body that stalled or came too slowly; the connection is closed.
     RequestTimeout,
-    /// 401, code 0: any Hawk or token failure.
-    Unauthorized,
+    /// 401, code 0: a Hawk or token failure, and which.
+    Unauthorized(AuthFailure),
+    /// 400, code 0: the path's uid is not the token's.
+    UidMismatch,
     /// 403, code 14.
     OverQuota,
     /// 404, code 0.
@@ -57,6 +59,49 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// Why a storage request's credentials were refused; each has the short code that its log
+/// line and the refusal counter carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No Authorization header.
+    MissingHeader,
+    /// Not a Hawk header we can read (scheme, attributes, no id).
+    BadHeader,
+    /// The MAC does not match the request (wrong key, method, path, host or port).
+    BadMac,
+    /// The header's `ts` is outside the allowed clock skew.
+    TsSkew,
+    /// A (token, ts, nonce) seen before, with `hawk.nonce_cache_size` on.
+    Replay,
+    /// The body does not match the signed payload hash (`hawk.verify_payload_hash`).
+    PayloadHash,
+    /// The token id does not decode.
+    TokenMalformed,
+    /// The token was not signed with our secret.
+    TokenBadSignature,
+    /// The token's lifetime is over.
+    TokenExpired,
+    /// A Spanner user needs the token's FxA identity, which it lacks.
+    TokenNoFxaUid,
+}
+
+impl AuthFailure {
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthFailure::MissingHeader => "hawk: missing header",
+            AuthFailure::BadHeader => "hawk: bad header",
+            AuthFailure::BadMac => "hawk: bad mac",
+            AuthFailure::TsSkew => "hawk: ts skew",
+            AuthFailure::Replay => "hawk: replay",
+            AuthFailure::PayloadHash => "hawk: bad payload hash",
+            AuthFailure::TokenMalformed => "token: malformed",
+            AuthFailure::TokenBadSignature => "token: bad signature",
+            AuthFailure::TokenExpired => "token: expired",
+            AuthFailure::TokenNoFxaUid => "token: no fxa uid",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub kind: ErrorKind,
@@ -76,8 +121,8 @@ impl ApiError {
     pub fn invalid_bso(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidBso, message)
     }
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Unauthorized, message)
+    pub fn unauthorized(why: AuthFailure) -> Self {
+        Self::new(ErrorKind::Unauthorized(why), why.code())
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
@@ -85,10 +130,13 @@ impl ApiError {
 
     pub fn status(&self) -> u16 {
         match self.kind {
-            ErrorKind::BadRequest | ErrorKind::InvalidBso | ErrorKind::SizeLimit => 400,
+            ErrorKind::BadRequest
+            | ErrorKind::UidMismatch
+            | ErrorKind::InvalidBso
+            | ErrorKind::SizeLimit => 400,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RequestTimeout => 408,
-            ErrorKind::Unauthorized => 401,
+            ErrorKind::Unauthorized(_) => 401,
             ErrorKind::OverQuota => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::NotAcceptable => 406,
@@ -123,7 +171,7 @@ impl ApiError {
     pub fn backoff(&self) -> Option<u32> {
         matches!(
             self.kind,
-            ErrorKind::Database(DbFault::Unavailable | DbFault::Deadline)
+            ErrorKind::Database(DbFault::Unavailable | DbFault::PoolTimeout | DbFault::Deadline)
         )
         .then_some(RETRY_AFTER_SECONDS)
     }
@@ -137,6 +185,30 @@ impl ApiError {
         match self.kind {
             ErrorKind::NotModified(ts) | ErrorKind::PreconditionFailed(ts) => Some(ts),
             _ => None,
+        }
+    }
+
+    /// The short code of why this request was refused, for its log line and the refusal
+    /// counter: a fixed set (never client input), so it is safe to log and to use as a label.
+    pub fn reason(&self) -> &'static str {
+        match self.kind {
+            ErrorKind::BadRequest => "bad request",
+            ErrorKind::UidMismatch => "uid mismatch",
+            ErrorKind::InvalidBso => "invalid bso",
+            ErrorKind::SizeLimit => "size limit",
+            ErrorKind::PayloadTooLarge => "request too large",
+            ErrorKind::RequestTimeout => "slow body",
+            ErrorKind::Unauthorized(why) => why.code(),
+            ErrorKind::OverQuota => "quota",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::NotAcceptable => "not acceptable",
+            ErrorKind::UnsupportedMediaType => "content type",
+            ErrorKind::NotModified(_) => "not modified",
+            ErrorKind::PreconditionFailed(_) => "precondition failed",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Database(fault) => fault.code(),
+            ErrorKind::ServiceUnavailable => "rejected client",
+            ErrorKind::Internal => "internal",
         }
     }
 
@@ -181,7 +253,11 @@ mod tests {
             ApiError::new(ErrorKind::ServiceUnavailable, "").retry_after(),
             None
         );
-        for fault in [DbFault::Unavailable, DbFault::Deadline] {
+        for fault in [
+            DbFault::Unavailable,
+            DbFault::PoolTimeout,
+            DbFault::Deadline,
+        ] {
             let down = fault.error("");
             assert_eq!(
                 (down.status(), down.retry_after(), down.backoff()),

@@ -1,4 +1,5 @@
-//! The `syncserver` command: `serve` (the default), `token`, `hawk`, `migrate`, `purge-ttl`.
+//! The `syncserver` command: `serve` (the default), `token`, `hawk`, `migrate`,
+//! `check-config`, `purge-ttl`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,12 @@ enum Command {
     },
     /// Create or update the storage database schema, then exit.
     Migrate,
+    /// Print the effective settings (secrets redacted), check that each database answers and
+    /// has its schema; exits non-zero on any problem. Settings errors (unknown keys, bad URLs)
+    /// are reported before anything else.
+    ///
+    /// Example: syncserver --config /etc/syncserver.toml check-config
+    CheckConfig,
     /// Delete expired records and batches (reads hide them already; this reclaims space), in
     /// short transactions, safe to run from cron beside a busy server.
     ///
@@ -80,6 +87,7 @@ fn main() -> ExitCode {
         } => token(settings, uid, node, duration),
         Command::Hawk { method, url } => hawk_header(settings, &method, &url),
         Command::Migrate => migrate(settings),
+        Command::CheckConfig => syncserver::admin::check_config::run(settings),
         Command::PurgeTtl {
             rows_per_chunk,
             pause_ms,
@@ -105,8 +113,24 @@ fn serve(settings: Settings) -> Result<(), String> {
     let _sentry = syncserver::logging::init_sentry(&settings.environment);
     actix_web::rt::System::new().block_on(async move {
         let running = syncserver::server::start(settings).await?;
-        slog_scope::info!("listening"; "address" => %running.addr);
-        eprintln!("syncserver listening on http://{}", running.addr);
+        // One block for the person starting it, one log line for the log.
+        let width = running
+            .summary
+            .iter()
+            .map(|(k, _)| k.len())
+            .max()
+            .unwrap_or(0);
+        let mut block = String::from("syncserver started\n");
+        for (what, value) in &running.summary {
+            block.push_str(&format!("  {what:<width$}  {value}\n"));
+        }
+        eprint!("{block}");
+        let fields: Vec<String> = running
+            .summary
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        slog_scope::info!("listening"; "address" => %running.addr, "summary" => fields.join("; "));
         running.server.await.map_err(|e| e.to_string())
     })
 }

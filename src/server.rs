@@ -17,6 +17,10 @@ use crate::web::{self, AppState, CorsSettings};
 pub struct Running {
     pub addr: std::net::SocketAddr,
     pub server: Server,
+    /// Where Prometheus scrapes (`metrics.prometheus_listen`), when on.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// What an operator needs to know, for the start-up block: (what, value) pairs.
+    pub summary: Vec<(&'static str, String)>,
 }
 
 impl Running {
@@ -35,7 +39,7 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
         );
     }
     settings.prepare_sqlite_dirs()?;
-    settings.resolve_master_secret()?;
+    let secret_source = settings.resolve_master_secret()?;
     settings.clamp_limits_to_backend();
     if !settings.syncstorage.enabled && !settings.tokenserver.enabled {
         return Err(
@@ -80,6 +84,8 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
     } else {
         None
     };
+    let metrics_addr = start_metrics(&settings, addr, &storage, &tokenserver)?;
+    let summary = summary(&settings, addr, metrics_addr, secret_source);
     let state = AppState::new(
         storage,
         Secrets::new(&settings.master_secret),
@@ -109,7 +115,124 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
         header_timeout,
     )
     .map_err(|e| e.to_string())?;
-    Ok(Running { addr, server })
+    Ok(Running {
+        addr,
+        server,
+        metrics_addr,
+        summary,
+    })
+}
+
+/// The start-up block: what runs, on what, and what to tell Firefox.
+fn summary(
+    settings: &Settings,
+    addr: std::net::SocketAddr,
+    metrics_addr: Option<std::net::SocketAddr>,
+    secret_source: String,
+) -> Vec<(&'static str, String)> {
+    use crate::secret::redact_url;
+    let data_dir = std::path::absolute(&settings.data_dir).unwrap_or(settings.data_dir.clone());
+    let public = public_url(settings, addr);
+    let mut lines = vec![("version", env!("CARGO_PKG_VERSION").to_owned())];
+    if settings.syncstorage.enabled {
+        let url = settings.storage_url();
+        lines.push(("storage backend", engine_name(&url).to_owned()));
+        lines.push(("storage database", redact_url(&url)));
+    } else {
+        lines.push(("storage", "off (tokenserver only)".to_owned()));
+    }
+    if settings.tokenserver.enabled {
+        lines.push((
+            "tokenserver database",
+            redact_url(&settings.tokenserver_url()),
+        ));
+    }
+    lines.push(("data directory", data_dir.display().to_string()));
+    lines.push(("master secret", secret_source));
+    lines.push(("listening on", format!("http://{addr}")));
+    lines.push(("public URL", public.clone()));
+    if settings.tokenserver.enabled {
+        lines.push((
+            "identity.sync.tokenserver.uri",
+            format!("{public}/1.0/sync/1.5"),
+        ));
+    }
+    lines.push((
+        "prometheus",
+        metrics_addr.map_or("off".to_owned(), |a| format!("http://{a}/metrics")),
+    ));
+    lines.push((
+        "statsd",
+        settings.statsd_host.as_ref().map_or("off".to_owned(), |h| {
+            format!("{h}:{}", settings.statsd_port)
+        }),
+    ));
+    lines
+}
+
+/// StatsD and the Prometheus listener, as the settings ask; returns where Prometheus scrapes.
+fn start_metrics(
+    settings: &Settings,
+    public: std::net::SocketAddr,
+    storage: &Option<db::SharedStorage>,
+    tokenserver: &Option<Arc<Tokenserver>>,
+) -> Result<Option<std::net::SocketAddr>, String> {
+    if let Some(host) = &settings.statsd_host {
+        crate::metrics::start_statsd(&crate::metrics::StatsdTarget {
+            host: host.clone(),
+            port: settings.statsd_port,
+            storage_label: settings.syncstorage.statsd_label.clone(),
+            tokenserver_label: settings.tokenserver.statsd_label.clone(),
+            hostname: settings
+                .include_hostname_tag
+                .then(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into())),
+        })?;
+        crate::metrics::statsd_pool_gauges(storage.clone());
+    }
+    let Some(listen) = &settings.metrics.prometheus_listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(listen.as_str())
+        .map_err(|e| format!("metrics.prometheus_listen: cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if addr.port() == public.port() {
+        return Err(format!(
+            "metrics.prometheus_listen: {listen} is the public port; metrics need a port of \
+             their own"
+        ));
+    }
+    let handle = crate::metrics::start_prometheus()?;
+    let storage = storage.clone();
+    let tokenserver_db = tokenserver.as_ref().map(|t| t.db.clone());
+    let render = move || {
+        if let Some(storage) = &storage {
+            crate::metrics::pool_gauges("storage", storage.pool_state());
+        }
+        if let Some(db) = &tokenserver_db {
+            crate::metrics::pool_gauges("tokenserver", db.pool_state());
+        }
+        handle.render()
+    };
+    let server = actix_web::HttpServer::new(move || {
+        let render = render.clone();
+        actix_web::App::new().route(
+            "/metrics",
+            actix_web::web::get().to(move || {
+                let body = render();
+                async move {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .map_err(|e| format!("metrics.prometheus_listen: {e}"))?
+    .run();
+    actix_web::rt::spawn(server);
+    Ok(Some(addr))
 }
 
 /// The URL Firefox reaches this server at: `public_url`, else the listen address (a wildcard

@@ -33,6 +33,14 @@ pub struct Settings {
     pub tokenserver: TokenserverSettings,
     pub http: HttpSettings,
     pub hawk: HawkSettings,
+    /// StatsD's host (upstream's name); unset, nothing is sent (upstream defaults to
+    /// `localhost`).
+    pub statsd_host: Option<String>,
+    pub statsd_port: u16,
+    /// The StatsD pool gauges carry a `hostname` tag.
+    pub include_hostname_tag: bool,
+    /// `[metrics]`: the Prometheus listener.
+    pub metrics: crate::metrics::MetricsSettings,
     /// Settings given that only syncstorage-rs uses (`UPSTREAM_ONLY`), for one warning.
     #[serde(skip)]
     pub upstream_only: Vec<String>,
@@ -41,15 +49,11 @@ pub struct Settings {
 /// Settings syncstorage-rs accepts that have no effect here: an upstream configuration still
 /// starts, and start-up names the ones that are set.
 const UPSTREAM_ONLY: &[&str] = &[
-    "statsd_host",
-    "statsd_port",
-    "include_hostname_tag",
     "worker_max_blocking_threads",
     "cors_allowed_methods",
     "cors_allowed_headers",
     "syncstorage.database_pool_sweeper_task_interval",
     "syncstorage.database_spanner_route_to_leader",
-    "syncstorage.statsd_label",
     "syncstorage.glean_enabled",
     "syncstorage.gcs_payload_bucket",
     "syncstorage.gcs_payload_offload_collections",
@@ -67,6 +71,7 @@ fn known_keys(table: &str) -> Option<&'static [&'static str]> {
         "tokenserver" => serde_introspect::<TokenserverSettings>(),
         "http" => serde_introspect::<HttpSettings>(),
         "hawk" => serde_introspect::<HawkSettings>(),
+        "metrics" => serde_introspect::<crate::metrics::MetricsSettings>(),
         _ => return None,
     })
 }
@@ -204,6 +209,8 @@ pub struct StorageSettings {
     pub lbheartbeat_ttl_jitter: u32,
     /// `host:port` of a Cloud Spanner emulator (else SPANNER_EMULATOR_HOST, else Google Cloud).
     pub spanner_emulator_host: Option<String>,
+    /// The prefix of the storage API's StatsD metrics.
+    pub statsd_label: String,
     pub limits: Limits,
 }
 
@@ -224,6 +231,10 @@ impl Default for Settings {
             tokenserver: TokenserverSettings::default(),
             http: HttpSettings::default(),
             hawk: HawkSettings::default(),
+            statsd_host: None,
+            statsd_port: 8125,
+            include_hostname_tag: false,
+            metrics: crate::metrics::MetricsSettings::default(),
             upstream_only: Vec::new(),
         }
     }
@@ -246,6 +257,7 @@ impl Default for StorageSettings {
             lbheartbeat_ttl: None,
             lbheartbeat_ttl_jitter: 25,
             spanner_emulator_host: None,
+            statsd_label: "syncstorage".into(),
             limits: Limits::default(),
         }
     }
@@ -435,12 +447,19 @@ impl Settings {
     }
 
     /// The configured master secret, or the one kept in `<data_dir>/master_secret`, generated
-    /// (mode 0600) on first start so restarts keep issued tokens valid.
-    pub fn resolve_master_secret(&mut self) -> Result<(), String> {
-        if self.load_master_secret()? {
-            return Ok(());
-        }
+    /// (mode 0600) on first start so restarts keep issued tokens valid. Says which, for the
+    /// start-up summary.
+    pub fn resolve_master_secret(&mut self) -> Result<String, String> {
         let path = self.data_dir.join("master_secret");
+        let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+        let configured = !self.master_secret.is_empty();
+        if self.load_master_secret()? {
+            return Ok(if configured {
+                "from the settings (master_secret)".to_owned()
+            } else {
+                format!("loaded from {}", shown.display())
+            });
+        }
         create_private_dir(&self.data_dir)?;
         let mut bytes = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
@@ -456,7 +475,7 @@ impl Settings {
             .and_then(|_| file.sync_all())
             .map_err(|e| format!("master_secret: cannot write {}: {e}", path.display()))?;
         self.master_secret = secret.into();
-        Ok(())
+        Ok(format!("generated in {}", shown.display()))
     }
 }
 
@@ -584,7 +603,7 @@ mod tests {
         let s = Settings::load_from(
             None,
             env(&[
-                ("SYNC_STATSD_HOST", "localhost"),
+                ("SYNC_WORKER_MAX_BLOCKING_THREADS", "512"),
                 ("SYNC_SYNCSTORAGE__GLEAN_ENABLED", "false"),
                 // A JWK as FxA publishes it, members we do not read included.
                 ("SYNC_TOKENSERVER__FXA_OAUTH_PRIMARY_JWK__KTY", "RSA"),
@@ -597,8 +616,8 @@ mod tests {
         assert_eq!(
             s.upstream_only,
             vec![
-                "statsd_host".to_owned(),
-                "syncstorage.glean_enabled".to_owned()
+                "syncstorage.glean_enabled".to_owned(),
+                "worker_max_blocking_threads".to_owned()
             ]
         );
         assert!(s.tokenserver.fxa_oauth_primary_jwk.is_some());
@@ -653,7 +672,8 @@ mod tests {
             data_dir: dir.path().join("d"),
             ..Settings::default()
         };
-        s.resolve_master_secret().unwrap();
+        let how = s.resolve_master_secret().unwrap();
+        assert!(how.starts_with("generated in /"), "{how}");
         assert_eq!(s.master_secret.len(), 64);
         let path = dir.path().join("d/master_secret");
         #[cfg(unix)]
@@ -668,7 +688,8 @@ mod tests {
             data_dir: dir.path().join("d"),
             ..Settings::default()
         };
-        again.resolve_master_secret().unwrap();
+        let how = again.resolve_master_secret().unwrap();
+        assert!(how.starts_with("loaded from /"), "{how}");
         assert_eq!(again.master_secret, s.master_secret);
     }
 }

@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hawk::{DigestAlgorithm, Key, RequestBuilder};
 
+use super::tokenlib::TokenError;
 use super::tokenlib::{Secrets, TokenPayload};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, AuthFailure};
 
 /// Client clocks are unreliable; upstream tolerates 52 weeks of skew.
 pub const MAX_SKEW: Duration = Duration::from_secs(52 * 7 * 24 * 60 * 60);
@@ -64,8 +65,16 @@ pub struct SignedRequest<'a> {
     pub port: u16,
 }
 
-fn unauthorized(reason: &str) -> ApiError {
-    ApiError::unauthorized(format!("hawk: {reason}"))
+/// Whether the header's `ts` is outside the allowed skew: told apart from a bad MAC only for
+/// the log (the `hawk` crate answers both with `false`).
+fn outside_skew(ts: Option<SystemTime>, max_skew: Duration) -> bool {
+    let Some(ts) = ts else { return true };
+    let now = SystemTime::now();
+    let skew = now
+        .duration_since(ts)
+        .or_else(|_| ts.duration_since(now))
+        .unwrap_or_default();
+    skew > max_skew
 }
 
 /// Verifies the Authorization header under upstream's policy and returns the token payload.
@@ -94,18 +103,25 @@ pub fn verify_with(
     allow_expired: bool,
     policy: &HawkPolicy,
 ) -> ApiResult<Verified> {
-    let authorization = authorization.ok_or_else(|| unauthorized("missing header"))?;
+    let authorization =
+        authorization.ok_or_else(|| ApiError::unauthorized(AuthFailure::MissingHeader))?;
     let attrs = authorization
         .strip_prefix("Hawk ")
-        .ok_or_else(|| unauthorized("missing prefix"))?;
-    let header = super::hawk_header::parse(attrs).map_err(unauthorized)?;
+        .ok_or_else(|| ApiError::unauthorized(AuthFailure::BadHeader))?;
+    let header = super::hawk_header::parse(attrs)
+        .map_err(|_| ApiError::unauthorized(AuthFailure::BadHeader))?;
     let id = header
         .id
         .as_deref()
-        .ok_or_else(|| unauthorized("missing id"))?;
-    let payload = secrets
-        .parse_token(id)
-        .map_err(|e| unauthorized(&format!("token {e:?}")))?;
+        .ok_or_else(|| ApiError::unauthorized(AuthFailure::BadHeader))?;
+    let payload = secrets.parse_token(id).map_err(|e| {
+        ApiError::unauthorized(match e {
+            TokenError::Signature => AuthFailure::TokenBadSignature,
+            TokenError::Decode | TokenError::TooShort | TokenError::Json => {
+                AuthFailure::TokenMalformed
+            }
+        })
+    })?;
     let key_text = secrets.derived_secret(id, &payload.salt);
     // The HMAC key is the ASCII of the derived secret string, not its decoded bytes.
     let key = Key::new(key_text.as_bytes(), DigestAlgorithm::Sha256)
@@ -113,7 +129,13 @@ pub fn verify_with(
     let hawk_request =
         RequestBuilder::new(request.method, request.host, request.port, request.target).request();
     if !hawk_request.validate_header(&header, &key, policy.max_skew) {
-        return Err(unauthorized("invalid signature or timestamp"));
+        return Err(ApiError::unauthorized(
+            if outside_skew(header.ts, policy.max_skew) {
+                AuthFailure::TsSkew
+            } else {
+                AuthFailure::BadMac
+            },
+        ));
     }
     if let Some(nonces) = &policy.nonces {
         // The MAC is valid, so only real clients' requests take room in the cache.
@@ -122,7 +144,7 @@ pub fn verify_with(
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         if !nonces.first_use(id, ts, header.nonce.as_deref().unwrap_or("")) {
-            return Err(unauthorized("replayed nonce"));
+            return Err(ApiError::unauthorized(AuthFailure::Replay));
         }
     }
     if !allow_expired {
@@ -131,7 +153,7 @@ pub fn verify_with(
             .unwrap_or_default()
             .as_secs_f64();
         if payload.expires.round() <= now {
-            return Err(unauthorized("expired"));
+            return Err(ApiError::unauthorized(AuthFailure::TokenExpired));
         }
     }
     Ok(Verified {

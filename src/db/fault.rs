@@ -15,9 +15,12 @@ pub enum DbFault {
     /// A lock was not granted in time (SQLite's busy timeout, PostgreSQL's lock_timeout,
     /// Spanner's resource exhaustion): 503 + Retry-After, not retried here.
     Busy,
-    /// The database cannot be reached, dropped the connection, or the pool has no connection
-    /// to give: 503 + Retry-After + X-Weave-Backoff.
+    /// The database cannot be reached or dropped the connection: 503 + Retry-After +
+    /// X-Weave-Backoff.
     Unavailable,
+    /// The pool had no connection to give within its timeout (every connection busy, or none
+    /// can be opened): 503 + Retry-After + X-Weave-Backoff, like `Unavailable`.
+    PoolTimeout,
     /// No answer within the deadline (`database_request_timeout`, a statement timeout, the
     /// RPC deadline): 503 + Retry-After + X-Weave-Backoff.
     Deadline,
@@ -32,6 +35,19 @@ impl DbFault {
     /// This fault as the error a unit of work returns.
     pub fn error(self, message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::Database(self), message)
+    }
+
+    /// The short code logged and counted for a request this fault refused.
+    pub fn code(self) -> &'static str {
+        match self {
+            DbFault::Conflict => "db: conflict",
+            DbFault::Busy => "db: busy",
+            DbFault::Unavailable => "db: unavailable",
+            DbFault::PoolTimeout => "db: pool timeout",
+            DbFault::Deadline => "db: deadline",
+            DbFault::Integrity => "db: integrity",
+            DbFault::Other => "db: error",
+        }
     }
 
     /// What a SQLSTATE says (PostgreSQL, and MySQL's where diesel has no kind for it).

@@ -163,6 +163,8 @@ pub struct PoolState {
     pub active: u32,
     pub idle: u32,
     pub max_size: u32,
+    /// Units of work waiting for a connection (SQLite: writers queued for their turn).
+    pub waiting: u32,
 }
 
 /// Settings every backend needs to apply the protocol's storage rules.
@@ -219,6 +221,65 @@ pub trait StorageDb: Send + Sync {
 pub type SharedStorage = Arc<dyn StorageDb>;
 
 /// Opens the storage backend named by the URL's scheme.
+/// One schema's embedded migrations, per SQL engine.
+pub struct Migrations {
+    pub sqlite: diesel_migrations::EmbeddedMigrations,
+    pub mysql: diesel_migrations::EmbeddedMigrations,
+    pub postgres: diesel_migrations::EmbeddedMigrations,
+}
+
+/// The storage tables' migrations.
+pub const STORAGE_MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlite::MIGRATIONS,
+    mysql: mysql::MIGRATIONS,
+    postgres: postgres::MIGRATIONS,
+};
+
+/// Where a database's schema stands (`check-config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaState {
+    /// Every embedded migration is applied.
+    Current,
+    /// These are not (`syncserver migrate`, or start-up with `run_migrations`, applies them).
+    Pending(Vec<String>),
+    /// A SQLite file that does not exist yet: the server creates it.
+    NotCreated,
+    /// Spanner: its schema is checked (and completed) by start-up's DDL step instead.
+    NotChecked,
+}
+
+/// Which of `set` the database at `url` still lacks; `setting` names it in errors.
+pub fn schema_state(url: &str, set: Migrations, setting: &str) -> Result<SchemaState, String> {
+    use pooled::Pooling;
+    let pending = if spanner::is_spanner_url(url) {
+        return Ok(SchemaState::NotChecked);
+    } else if mysql::is_mysql_url(url) {
+        diesel_async::AsyncMysqlConnection::pending(url, set.mysql, setting)?
+    } else if postgres::is_postgres_url(url) {
+        diesel_async::AsyncPgConnection::pending(url, set.postgres, setting)?
+    } else {
+        use diesel::Connection;
+        use diesel_migrations::MigrationHarness;
+        let target = sqlite::SqliteTarget::from_url(url)
+            .ok_or_else(|| format!("{setting}: unsupported database URL"))?;
+        if !target.path.exists() {
+            return Ok(SchemaState::NotCreated);
+        }
+        let mut conn = diesel::SqliteConnection::establish(&target.path.to_string_lossy())
+            .map_err(|e| format!("{setting}: cannot open: {e}"))?;
+        conn.pending_migrations(set.sqlite)
+            .map_err(|e| format!("{setting}: cannot read the applied migrations: {e}"))?
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect()
+    };
+    Ok(if pending.is_empty() {
+        SchemaState::Current
+    } else {
+        SchemaState::Pending(pending)
+    })
+}
+
 pub async fn open_storage(
     url: &str,
     pool: &sql::PoolSettings,

@@ -42,6 +42,12 @@ pub trait Pooling: Sized {
     fn manager(url: &str, config: ManagerConfig<Self>) -> Self::Manager;
     /// Runs the embedded migrations (`run_migrations`).
     fn migrate(url: &str, migrations: EmbeddedMigrations, setting: &str) -> Result<(), String>;
+    /// The embedded migrations not yet applied.
+    fn pending(
+        url: &str,
+        migrations: EmbeddedMigrations,
+        setting: &str,
+    ) -> Result<Vec<String>, String>;
 }
 
 impl<C> Pooling for C
@@ -59,6 +65,13 @@ where
     }
     fn migrate(url: &str, migrations: EmbeddedMigrations, setting: &str) -> Result<(), String> {
         run_migrations::<C, _>(url, migrations, setting)
+    }
+    fn pending(
+        url: &str,
+        migrations: EmbeddedMigrations,
+        setting: &str,
+    ) -> Result<Vec<String>, String> {
+        pending_migrations::<C, _>(url, migrations, setting)
     }
 }
 
@@ -146,16 +159,60 @@ where
     diesel_async::async_connection_wrapper::AsyncConnectionWrapper<C>:
         diesel::Connection<Backend = B> + diesel_migrations::MigrationHarness<B>,
 {
+    use diesel_migrations::MigrationHarness;
+    with_migration_connection::<C, B, _>(url, setting, move |conn, setting| {
+        conn.run_pending_migrations(migrations)
+            .map(|_| ())
+            .map_err(|e| format!("{setting}: migrations failed: {e}"))
+    })
+}
+
+/// The names of the embedded migrations not yet applied (`check-config`).
+pub fn pending_migrations<C, B>(
+    url: &str,
+    migrations: EmbeddedMigrations,
+    setting: &str,
+) -> Result<Vec<String>, String>
+where
+    C: 'static,
+    B: diesel::backend::Backend,
+    diesel_async::async_connection_wrapper::AsyncConnectionWrapper<C>:
+        diesel::Connection<Backend = B> + diesel_migrations::MigrationHarness<B>,
+{
+    use diesel_migrations::MigrationHarness;
+    with_migration_connection::<C, B, _>(url, setting, move |conn, setting| {
+        conn.pending_migrations(migrations)
+            .map(|pending| pending.iter().map(|m| m.name().to_string()).collect())
+            .map_err(|e| format!("{setting}: cannot read the applied migrations: {e}"))
+    })
+}
+
+/// Runs `body` on a synchronous connection to `url` (diesel's migration harness is
+/// synchronous), on a thread of its own so that no async runtime is blocked.
+fn with_migration_connection<C, B, T>(
+    url: &str,
+    setting: &str,
+    body: impl FnOnce(
+        &mut diesel_async::async_connection_wrapper::AsyncConnectionWrapper<C>,
+        &str,
+    ) -> Result<T, String>
+    + Send
+    + 'static,
+) -> Result<T, String>
+where
+    C: 'static,
+    B: diesel::backend::Backend,
+    T: Send + 'static,
+    diesel_async::async_connection_wrapper::AsyncConnectionWrapper<C>:
+        diesel::Connection<Backend = B>,
+{
     use diesel::Connection;
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-    use diesel_migrations::MigrationHarness;
     let (url, setting) = (url.to_owned(), setting.to_owned());
     std::thread::spawn(move || {
         let mut conn = AsyncConnectionWrapper::<C>::establish(&url)
             .map_err(|e| format!("{setting}: cannot connect: {e}"))?;
-        conn.run_pending_migrations(migrations)
-            .map(|_| ())
-            .map_err(|e| format!("{setting}: migrations failed: {e}"))
+        body(&mut conn, &setting)
     })
     .join()
     .map_err(|_| "migrations panicked".to_owned())?
@@ -208,6 +265,7 @@ impl<C: ServerConn> Pooled<C> {
             active: (status.size as u32).saturating_sub(idle),
             idle,
             max_size: status.max_size as u32,
+            waiting: status.waiting as u32,
         }
     }
 
@@ -274,7 +332,7 @@ async fn checkout<C: ServerConn>(
     loop {
         let obj = tokio::time::timeout(wait, pool.get())
             .await
-            .map_err(|_| DbFault::Unavailable.error("database pool timeout"))?
+            .map_err(|_| DbFault::PoolTimeout.error("database pool timeout"))?
             .map_err(|e| DbFault::Unavailable.error(format!("database unavailable: {e}")))?;
         let metrics = Object::metrics(&obj);
         let too_old = settings

@@ -48,6 +48,7 @@ impl RetryPolicy {
         if !Self::retryable(kind) || attempt >= self.attempts {
             return None;
         }
+        crate::metrics::unit_retried();
         let grown = self.base_ms << (attempt - 1).min(16);
         let jitter = rand::random::<u64>() % (self.jitter_ms + 1);
         Some(Duration::from_millis(grown.min(self.max_ms) + jitter))

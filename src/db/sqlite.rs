@@ -64,6 +64,8 @@ pub struct SqliteStorage {
     pool: Pool<ConnectionManager<Conn>>,
     /// One writer at a time inside this process; other processes are handled by busy_timeout.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Writers queued on `write_lock` (the pool gauge `waiting`).
+    writers_waiting: Arc<std::sync::atomic::AtomicU32>,
     config: Arc<StorageConfig>,
     max_size: u32,
     /// `database_request_timeout`: a unit of work (queueing included) answered 503 after it.
@@ -163,6 +165,7 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             pool,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            writers_waiting: Arc::default(),
             config: Arc::new(config),
             max_size: settings.max_size.max(1),
             deadline: super::pooled::deadline(settings),
@@ -193,9 +196,11 @@ impl SqliteStorage {
     /// A write's turn: writers of this process queue here (never in SQLite's busy handler);
     /// the wait counts toward the deadline.
     async fn write_turn(&self) -> ApiResult<tokio::sync::OwnedMutexGuard<()>> {
-        tokio::time::timeout(self.deadline, self.write_lock.clone().lock_owned())
-            .await
-            .map_err(|_| super::pooled::too_slow())
+        use std::sync::atomic::Ordering::Relaxed;
+        self.writers_waiting.fetch_add(1, Relaxed);
+        let turn = tokio::time::timeout(self.deadline, self.write_lock.clone().lock_owned()).await;
+        self.writers_waiting.fetch_sub(1, Relaxed);
+        turn.map_err(|_| super::pooled::too_slow())
     }
 }
 
@@ -251,6 +256,9 @@ impl Backend for SqliteStorage {
             active: state.connections - state.idle_connections,
             idle: state.idle_connections,
             max_size: self.max_size,
+            waiting: self
+                .writers_waiting
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -32,33 +32,39 @@ fn le(a: Option<i64>, b: Option<i64>) -> bool {
 pub fn validate(a: &Claims, u: &UserRecord) -> Result<(), TokenserverError> {
     let u_generation = Some(u.generation);
     if gt(a.keys_changed_at, u.keys_changed_at) && gt(a.keys_changed_at, a.generation) {
-        return Err(TokenserverError::invalid_keys_changed_at());
+        return Err(TokenserverError::invalid_keys_changed_at()
+            .because("keys_changed_at: newer than generation"));
     }
     if !u.client_state.is_empty() && a.client_state.is_empty() {
-        return Err(TokenserverError::unacceptable_client_state("empty string"));
+        return Err(TokenserverError::unacceptable_client_state("empty string")
+            .because("client state: empty"));
     }
     if u.old_client_states.contains(&a.client_state) {
-        return Err(TokenserverError::unacceptable_client_state("stale value"));
+        return Err(TokenserverError::unacceptable_client_state("stale value")
+            .because("client state: stale"));
     }
     let changed = a.client_state != u.client_state;
     if changed && le(a.generation, u_generation) {
         return Err(TokenserverError::unacceptable_client_state(
             "new value with no generation change",
-        ));
+        )
+        .because("client state: changed without generation"));
     }
     if changed && le(a.keys_changed_at, u.keys_changed_at) {
         return Err(TokenserverError::unacceptable_client_state(
             "new value with no keys_changed_at change",
-        ));
+        )
+        .because("client state: changed without keys_changed_at"));
     }
     if gt(u_generation, a.generation) {
         return Err(TokenserverError::invalid_generation());
     }
     if gt(u.keys_changed_at, a.keys_changed_at) {
-        return Err(TokenserverError::invalid_keys_changed_at());
+        return Err(TokenserverError::invalid_keys_changed_at()
+            .because("keys_changed_at: older than known"));
     }
     if a.keys_changed_at.is_none() && u.keys_changed_at.is_some_and(|k| k != 0) {
-        return Err(TokenserverError::invalid_keys_changed_at());
+        return Err(TokenserverError::invalid_keys_changed_at().because("keys_changed_at: missing"));
     }
     Ok(())
 }

@@ -108,7 +108,7 @@ impl FxaVerifier {
         if !is_jwt_shaped(token) {
             // Opaque tokens only FxA can check; garbage is refused without asking it.
             if !is_opaque_token_shaped(token) {
-                return Err(TokenserverError::invalid_credentials());
+                return Err(TokenserverError::invalid_credentials().because("oauth: malformed"));
             }
             return self.verify_remotely(token).await;
         }
@@ -207,15 +207,14 @@ impl FxaVerifier {
             let guard = self.remote.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             if guard.refused.is_refused(token, now) {
-                return Err(TokenserverError::invalid_credentials());
+                return Err(TokenserverError::invalid_credentials().because("fxa: refused before"));
             }
             if !guard.breaker.allows(now) {
-                return Err(TokenserverError::unavailable());
+                return Err(TokenserverError::unavailable().because("fxa: circuit open"));
             }
         }
         let Ok(_slot) = self.remote_slots.try_acquire() else {
-            slog_scope::warn!("FxA verify: too many calls in flight");
-            return Err(TokenserverError::unavailable());
+            return Err(TokenserverError::unavailable().because("fxa: too many calls"));
         };
         let url = format!("{}/v1/verify", self.server_url);
         let body = serde_json::json!({ "token": token }).to_string();
@@ -225,7 +224,7 @@ impl FxaVerifier {
             Ok((status, _)) if status >= 500 => {
                 guard.breaker.failed(Instant::now());
                 slog_scope::warn!("FxA verify failed"; "status" => status);
-                return Err(TokenserverError::unavailable());
+                return Err(TokenserverError::unavailable().because("fxa: unreachable"));
             }
             Ok(reply) => {
                 guard.breaker.succeeded();
@@ -234,7 +233,7 @@ impl FxaVerifier {
             Err(e) => {
                 guard.breaker.failed(Instant::now());
                 slog_scope::warn!("FxA verify failed"; "error" => e);
-                return Err(TokenserverError::unavailable());
+                return Err(TokenserverError::unavailable().because("fxa: unreachable"));
             }
         };
         let verified = (200..300)
@@ -244,7 +243,7 @@ impl FxaVerifier {
             .filter(|v| has_sync_scope(&v.scope));
         let Some(verified) = verified else {
             guard.refused.refuse(token, Instant::now());
-            return Err(TokenserverError::invalid_credentials());
+            return Err(TokenserverError::invalid_credentials().because("fxa: refused"));
         };
         Ok(VerifiedToken {
             fxa_uid: verified.user,
@@ -282,6 +281,6 @@ fn decide(outcome: LocalOutcome) -> Result<VerifiedToken, TokenserverError> {
     match outcome {
         LocalOutcome::Verified(v) => Ok(v),
         LocalOutcome::Rejected(e) => Err(e),
-        LocalOutcome::Undecidable => Err(TokenserverError::unavailable()),
+        LocalOutcome::Undecidable => Err(TokenserverError::unavailable().because("fxa: no keys")),
     }
 }

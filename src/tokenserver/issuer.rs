@@ -51,6 +51,9 @@ pub struct TokenResponse {
     pub hashed_fxa_uid: String,
     pub hashalg: &'static str,
     pub node_type: String,
+    /// What the request did to the user's rows (metrics), not part of the body.
+    #[serde(skip)]
+    pub outcome: crate::metrics::TokenOutcome,
 }
 
 fn now_ms() -> i64 {
@@ -183,21 +186,32 @@ impl Tokenserver {
         } else {
             user.uid
         };
+        use crate::metrics::TokenOutcome;
+        use crate::tokenserver::db::RowOrigin;
+        let outcome = match user.origin {
+            _ if uid != user.uid => TokenOutcome::KeyChange,
+            RowOrigin::Existing => TokenOutcome::Existing,
+            RowOrigin::FirstRow => TokenOutcome::NewUser,
+            RowOrigin::Replacement => TokenOutcome::Reassigned,
+        };
         // Logged by hashes only (SPEC 3.7): the full HMAC as `uid`, its prefix as metrics_uid.
         let secret = &self.settings.fxa_metrics_hash_secret;
         slog_scope::info!("token issued";
             "uid" => hashes::metrics_uid(secret, fxa_uid),
             "metrics_uid" => hashes::hashed_fxa_uid(secret, fxa_uid),
             "first_seen_at" => user.first_seen_at,
-            "new_uid" => uid != user.uid);
-        Ok(self.mint(
+            "new_uid" => outcome != TokenOutcome::Existing,
+            "outcome" => outcome.label());
+        let mut response = self.mint(
             fxa_uid,
             &user,
             uid,
             keys_changed_at.unwrap_or(generation),
             &claims.client_state,
             duration,
-        ))
+        );
+        response.outcome = outcome;
+        Ok(response)
     }
 
     fn mint(
@@ -242,6 +256,7 @@ impl Tokenserver {
             hashed_fxa_uid,
             hashalg: "sha256",
             node_type: self.node_type.clone(),
+            outcome: crate::metrics::TokenOutcome::Existing,
         }
     }
 
@@ -251,18 +266,26 @@ impl Tokenserver {
         let (Some(audience), Some(issuer)) =
             (&s.fxa_webhook_set_client_id, &s.fxa_webhook_set_issuer)
         else {
-            return Err(TokenserverError::invalid_credentials());
+            return Err(TokenserverError::invalid_credentials().because("webhook: not configured"));
         };
         let event = oauth::verify_security_event(token, &s.jwks(), audience, issuer)?;
         let email = self.email(&event.sub);
         for (name, body) in &event.events {
             slog_scope::info!("fxa webhook event"; "event" => name);
+            let event_type = match name.as_str() {
+                DELETE_USER_EVENT => "delete_user",
+                PASSWORD_CHANGE_EVENT => "password_change",
+                _ => "other",
+            };
             if s.fxa_webhook_metrics_only {
+                crate::metrics::webhook_event(event_type, false);
                 continue;
             }
+            let mut processed = false;
             if name == DELETE_USER_EVENT {
                 self.db_call(self.db.retire_user(self.service.id, &email, now_ms()))
                     .await?;
+                processed = true;
             } else if name == PASSWORD_CHANGE_EVENT
                 && let Some(change_time) = body
                     .get("changeTime")
@@ -274,7 +297,9 @@ impl Tokenserver {
                         .raise_generation(self.service.id, &email, change_time - 1),
                 )
                 .await?;
+                processed = true;
             }
+            crate::metrics::webhook_event(event_type, processed);
         }
         Ok(())
     }

@@ -24,16 +24,16 @@ pub fn parse_key_id(header: Option<&str>) -> Result<KeyId, TokenserverError> {
     }
     let (kca, state) = header
         .split_once('-')
-        .ok_or_else(TokenserverError::invalid_credentials)?;
+        .ok_or_else(|| TokenserverError::invalid_credentials().because("keyid: invalid"))?;
     let kca: i64 = kca
         .parse()
-        .map_err(|_| TokenserverError::invalid_credentials())?;
+        .map_err(|_| TokenserverError::invalid_credentials().because("keyid: invalid"))?;
     let bytes = URL_SAFE_NO_PAD
         .decode(state)
-        .map_err(|_| TokenserverError::invalid_credentials())?;
+        .map_err(|_| TokenserverError::invalid_credentials().because("keyid: invalid"))?;
     // client_state is at most 32 hex characters in every tokenserver database.
     if bytes.len() > MAX_CLIENT_STATE_BYTES {
-        return Err(TokenserverError::invalid_credentials());
+        return Err(TokenserverError::invalid_credentials().because("keyid: invalid"));
     }
     Ok(KeyId {
         keys_changed_at: (kca != 0).then_some(kca),

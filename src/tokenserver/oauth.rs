@@ -70,7 +70,9 @@ pub fn verify_locally(token: &str, keys: &[Jwk]) -> LocalOutcome {
         t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
     });
     if !typ_ok || header.alg != Algorithm::RS256 {
-        return LocalOutcome::Rejected(TokenserverError::invalid_credentials());
+        return LocalOutcome::Rejected(
+            TokenserverError::invalid_credentials().because("oauth: bad jwt header"),
+        );
     }
     let mut validation = Validation::new(Algorithm::RS256);
     validation.validate_aud = false;
@@ -90,7 +92,9 @@ pub fn verify_locally(token: &str, keys: &[Jwk]) -> LocalOutcome {
                     None => vec![],
                 };
                 if !has_sync_scope(&scopes) {
-                    return LocalOutcome::Rejected(TokenserverError::invalid_credentials());
+                    return LocalOutcome::Rejected(
+                        TokenserverError::invalid_credentials().because("oauth: bad scope"),
+                    );
                 }
                 return LocalOutcome::Verified(VerifiedToken {
                     fxa_uid: data.claims.sub,
@@ -99,11 +103,21 @@ pub fn verify_locally(token: &str, keys: &[Jwk]) -> LocalOutcome {
             }
             // The next key may be the one that signed it.
             Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
-            Err(_) => return LocalOutcome::Rejected(TokenserverError::invalid_credentials()),
+            Err(e) => {
+                let reason = match e.kind() {
+                    ErrorKind::ExpiredSignature => "oauth: expired",
+                    _ => "oauth: invalid jwt",
+                };
+                return LocalOutcome::Rejected(
+                    TokenserverError::invalid_credentials().because(reason),
+                );
+            }
         }
     }
     if usable {
-        LocalOutcome::Rejected(TokenserverError::invalid_credentials())
+        LocalOutcome::Rejected(
+            TokenserverError::invalid_credentials().because("oauth: bad signature"),
+        )
     } else {
         LocalOutcome::Undecidable
     }
@@ -137,7 +151,7 @@ pub fn verify_security_event(
             return Ok(data.claims);
         }
     }
-    Err(TokenserverError::invalid_credentials())
+    Err(TokenserverError::invalid_credentials().because("webhook: bad token"))
 }
 
 #[cfg(test)]

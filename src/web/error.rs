@@ -34,11 +34,15 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after() {
             builder.insert_header((RETRY_AFTER, HeaderValue::from(secs)));
         }
-        match self.weave_code() {
+        let mut response = match self.weave_code() {
             Some(code) => builder
                 .insert_header((CONTENT_TYPE, "application/json"))
                 .body(code.to_string()),
             None => builder.finish(),
-        }
+        };
+        response
+            .extensions_mut()
+            .insert(super::Refusal(self.reason()));
+        response
     }
 }

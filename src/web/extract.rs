@@ -11,7 +11,7 @@ use super::AppState;
 use super::headers::{header, host_and_port};
 use crate::auth::hawk::{self, SignedRequest};
 use crate::db::{CollectionRef, UserId};
-use crate::error::{ApiError, ApiResult, ErrorKind};
+use crate::error::{ApiError, ApiResult, AuthFailure, ErrorKind};
 use crate::protocol::Precondition;
 use crate::protocol::limits::EffectiveLimits;
 use crate::protocol::post::BodyFormat;
@@ -50,7 +50,10 @@ pub fn authenticate(req: &HttpRequest, state: &AppState, allow_expired: bool) ->
         .and_then(|u| u.parse().ok())
         .ok_or_else(|| ApiError::bad_request("invalid uid"))?;
     if path_uid != token.uid {
-        return Err(ApiError::bad_request("uid does not match the token"));
+        return Err(ApiError::new(
+            ErrorKind::UidMismatch,
+            "uid does not match the token",
+        ));
     }
     Ok(UserId {
         legacy_id: token.uid,
@@ -129,9 +132,7 @@ pub async fn read_signed_body(
             .and_then(|h| h.0.as_deref());
         let content_type = header(req, "Content-Type").unwrap_or("");
         if !hawk::payload_hash_matches(claimed, content_type, &body) {
-            return Err(ApiError::unauthorized(
-                "hawk: payload hash missing or wrong",
-            ));
+            return Err(ApiError::unauthorized(AuthFailure::PayloadHash));
         }
     }
     Ok(body)

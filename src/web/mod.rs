@@ -155,14 +155,94 @@ fn cors(settings: &CorsSettings) -> Cors {
     cors
 }
 
-/// The longest User-Agent written to a log line: real ones are ~150 characters, and a client
-/// must not be able to fill the log.
+/// The longest header value or path written to a log line: real User-Agents are ~150
+/// characters, and a client must not be able to fill the log.
 pub const MAX_LOGGED_AGENT: usize = 256;
 
+/// The longest query parameter value logged (timestamps, batch ids, offsets are far shorter).
+const MAX_LOGGED_PARAM: usize = 64;
+
+/// `text` cut to `max` characters.
+fn truncated(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
 fn log_agent(ua: &str) -> &str {
-    match ua.char_indices().nth(MAX_LOGGED_AGENT) {
-        Some((end, _)) => &ua[..end],
-        None => ua,
+    truncated(ua, MAX_LOGGED_AGENT)
+}
+
+/// The query parameters that explain a sync, for the request line: `batch`, `commit`,
+/// `newer`, `older`, `limit`, `offset`, `full`, `sort` as sent (each value cut short), and
+/// the number of `ids`.
+fn logged_query(query: &str) -> String {
+    const EXPLAINING: [&str; 8] = [
+        "batch", "commit", "newer", "older", "limit", "offset", "full", "sort",
+    ];
+    let mut out = String::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let shown = if key == "ids" {
+            let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            let n = decoded.split(',').filter(|i| !i.trim().is_empty()).count();
+            format!("ids={n}")
+        } else if EXPLAINING.contains(&key) {
+            if value.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{key}={}", truncated(value, MAX_LOGGED_PARAM))
+            }
+        } else {
+            continue;
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&shown);
+    }
+    out
+}
+
+/// Why a request was refused (a short fixed code), left on the response by whoever refused
+/// it, for the request's log line and the refusal counter.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal(pub &'static str);
+
+/// A response with its refusal reason attached.
+fn refused(mut response: HttpResponse<BoxBody>, reason: &'static str) -> HttpResponse<BoxBody> {
+    response.extensions_mut().insert(Refusal(reason));
+    response
+}
+
+/// Upstream's name for what a request did (its StatsD `request.*` counters), from the
+/// resource it was routed to.
+fn route_label(resource: Option<&str>, method: &Method, query: &str) -> &'static str {
+    let has = |key: &str| query.split('&').any(|p| p.split('=').next() == Some(key));
+    match (resource.unwrap_or(""), method.as_str()) {
+        ("info_collections", _) => "get_collections",
+        ("info_collection_counts", _) => "get_collection_counts",
+        ("info_collection_usage", _) => "get_collection_usage",
+        ("info_quota", _) => "get_quota",
+        ("info_configuration", _) => "get_configuration",
+        ("storage", _) => "delete_all",
+        ("collection", "GET") => "get_collection",
+        ("collection", "POST") if has("batch") => "post_collection_batch",
+        ("collection", "POST") => "post_collection",
+        ("collection", "DELETE") if has("ids") => "delete_bsos",
+        ("collection", _) => "delete_collection",
+        ("bso", "GET") => "get_bso",
+        ("bso", "PUT") => "put_bso",
+        ("bso", _) => "delete_bso",
+        ("token", _) => "token",
+        ("webhook", _) => "webhook",
+        ("heartbeat", _) => "heartbeat",
+        ("lbheartbeat", _) => "lbheartbeat",
+        ("version", _) => "version",
+        ("error", _) => "error",
+        ("root", _) => "root",
+        _ => "unmatched",
     }
 }
 
@@ -192,21 +272,58 @@ async fn weave_middleware(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let started = Instant::now();
-    let request_ts = SyncTimestamp::now();
     let method = req.method().clone();
     let path = req.path().to_owned();
+    let query = req.query_string().to_owned();
     let ua = req
         .headers()
         .get("User-Agent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if is_rejected_user_agent(&ua) {
+    let res = if is_rejected_user_agent(&ua) {
         let resp = HttpResponse::ServiceUnavailable()
             .content_type("application/json")
             .body("0");
-        return Ok(req.into_response(resp));
+        req.into_response(refused(resp, "rejected client"))
+    } else {
+        weave_response(req, next, &method, &path).await?
+    };
+    let refusal = res.response().extensions().get::<Refusal>().map(|r| r.0);
+    let route = route_label(res.request().match_name(), &method, &query);
+    crate::metrics::request(&crate::metrics::Request {
+        route,
+        status: res.status().as_u16(),
+        elapsed: started.elapsed(),
+        reason: refusal,
+        collection: res.request().match_info().get("collection"),
+    });
+    let (status, duration_ms) = (res.status().as_u16(), started.elapsed().as_millis() as u64);
+    let (path, agent, query) = (
+        truncated(&path, MAX_LOGGED_AGENT),
+        log_agent(&ua),
+        logged_query(&query),
+    );
+    match refusal {
+        Some(reason) => slog_scope::info!("request";
+            "method" => %method, "path" => path, "query" => query, "status" => status,
+            "duration_ms" => duration_ms, "agent" => agent, "reason" => reason),
+        None => slog_scope::info!("request";
+            "method" => %method, "path" => path, "query" => query, "status" => status,
+            "duration_ms" => duration_ms, "agent" => agent),
     }
+    Ok(res)
+}
+
+/// The response to a request whose client is not rejected: the handler's, with the storage
+/// API's 404 and 405 bodies and timestamp headers.
+async fn weave_response(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    method: &Method,
+    path: &str,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let request_ts = SyncTimestamp::now();
     // A panic anywhere below is a 500 (reported to Sentry by its panic hook), never a dropped
     // connection.
     let mut res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
@@ -217,7 +334,7 @@ async fn weave_middleware(
             // clone can be kept): the response carries a stand-in with the same method and path.
             let stand_in = actix_web::test::TestRequest::default()
                 .method(method.clone())
-                .uri(&path)
+                .uri(path)
                 .to_http_request();
             ServiceResponse::new(
                 stand_in,
@@ -226,7 +343,7 @@ async fn weave_middleware(
         }
     };
     let status = res.status();
-    let tokenserver_path = is_tokenserver_path(&path);
+    let tokenserver_path = is_tokenserver_path(path);
     if status == StatusCode::NOT_FOUND
         && !tokenserver_path
         && res.headers().get(CONTENT_TYPE).is_none()
@@ -239,7 +356,8 @@ async fn weave_middleware(
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         let (req, _) = res.into_parts();
-        res = ServiceResponse::new(req, HttpResponse::MethodNotAllowed().finish());
+        let resp = HttpResponse::MethodNotAllowed().finish();
+        res = ServiceResponse::new(req, refused(resp, "method not allowed"));
     }
     if tokenserver_path {
         // Every tokenserver response, errors included, says what time the server has, so a
@@ -248,7 +366,7 @@ async fn weave_middleware(
             res.headers_mut()
                 .insert(HeaderName::from_static("x-timestamp"), v);
         }
-    } else if !is_dockerflow(&path) && method != Method::OPTIONS {
+    } else if !is_dockerflow(path) && method != Method::OPTIONS {
         // A write's handler may already have set its T (when X-Last-Modified is not T).
         let header_ts = |name: &str| {
             res.headers()
@@ -266,9 +384,6 @@ async fn weave_middleware(
                 .insert(HeaderName::from_static("x-weave-timestamp"), v);
         }
     }
-    slog_scope::info!("request";
-        "method" => %method, "path" => %path, "status" => res.status().as_u16(),
-        "duration_ms" => started.elapsed().as_millis() as u64, "agent" => log_agent(&ua));
     Ok(res)
 }
 
@@ -290,39 +405,33 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 fn storage_routes(cfg: &mut web::ServiceConfig) {
     let uid = format!("/1.5/{{uid:{UID_ROUTE_PATTERN}}}");
     let coll = format!("{uid}/storage/{{collection:{COLLECTION_ROUTE_PATTERN}}}");
-    cfg.service(
-        web::resource(format!("{uid}/info/collections"))
-            .route(web::get().to(storage::info_collections)),
-    )
-    .service(
-        web::resource(format!("{uid}/info/collection_counts"))
-            .route(web::get().to(storage::info_collection_counts)),
-    )
-    .service(
-        web::resource(format!("{uid}/info/collection_usage"))
-            .route(web::get().to(storage::info_collection_usage)),
-    )
-    .service(web::resource(format!("{uid}/info/quota")).route(web::get().to(storage::info_quota)))
-    .service(
-        web::resource(format!("{uid}/info/configuration"))
-            .route(web::get().to(storage::info_configuration)),
-    )
-    .service(web::resource(uid.clone()).route(web::delete().to(storage::delete_storage)))
-    .service(
-        web::resource(format!("{uid}/storage")).route(web::delete().to(storage::delete_storage)),
-    )
-    .service(
-        web::resource(coll.clone())
-            .route(web::get().to(storage::get_collection))
-            .route(web::post().to(storage::post_collection))
-            .route(web::delete().to(storage::delete_collection)),
-    )
-    .service(
-        web::resource(format!("{coll}/{{item:[ -~]{{1,192}}}}"))
-            .route(web::get().to(storage::get_bso))
-            .route(web::put().to(storage::put_bso))
-            .route(web::delete().to(storage::delete_bso)),
-    );
+    // Resource names are what `route_label` reports.
+    let info =
+        |name: &str| web::resource(format!("{uid}/info/{name}")).name(&format!("info_{name}"));
+    cfg.service(info("collections").route(web::get().to(storage::info_collections)))
+        .service(info("collection_counts").route(web::get().to(storage::info_collection_counts)))
+        .service(info("collection_usage").route(web::get().to(storage::info_collection_usage)))
+        .service(info("quota").route(web::get().to(storage::info_quota)))
+        .service(info("configuration").route(web::get().to(storage::info_configuration)))
+        .service(
+            web::resource([uid.clone(), format!("{uid}/storage")])
+                .name("storage")
+                .route(web::delete().to(storage::delete_storage)),
+        )
+        .service(
+            web::resource(coll.clone())
+                .name("collection")
+                .route(web::get().to(storage::get_collection))
+                .route(web::post().to(storage::post_collection))
+                .route(web::delete().to(storage::delete_collection)),
+        )
+        .service(
+            web::resource(format!("{coll}/{{item:[ -~]{{1,192}}}}"))
+                .name("bso")
+                .route(web::get().to(storage::get_bso))
+                .route(web::put().to(storage::put_bso))
+                .route(web::delete().to(storage::delete_bso)),
+        );
 }
 
 /// Binds and starts the HTTP server; the caller awaits the returned `Server`.
@@ -340,23 +449,30 @@ pub fn serve(
     let mut server = HttpServer::new(move || {
         let mut app = App::new();
         if webhook_on {
-            app = app.route(
-                "/1.0/webhooks/fxa/events",
-                web::post().to(tokenserver::fxa_webhook),
+            app = app.service(
+                web::resource("/1.0/webhooks/fxa/events")
+                    .name("webhook")
+                    .route(web::post().to(tokenserver::fxa_webhook)),
             );
         }
         if tokenserver_on {
-            app = app
-                .service(web::resource(TOKEN_ROUTES).route(web::get().to(tokenserver::get_token)));
+            app = app.service(
+                web::resource(TOKEN_ROUTES)
+                    .name("token")
+                    .route(web::get().to(tokenserver::get_token)),
+            );
         }
+        let named = |path: &str, name: &str| web::resource(path).name(name);
         app.app_data(state.clone())
             .wrap(cors(&cors_settings))
             .wrap(from_fn(weave_middleware))
-            .route("/", web::get().to(ops::root))
-            .route("/__heartbeat__", web::get().to(ops::heartbeat))
-            .route("/__lbheartbeat__", web::get().to(ops::lbheartbeat))
-            .route("/__version__", web::get().to(ops::version))
-            .route("/__error__", web::get().to(ops::error))
+            .service(named("/", "root").route(web::get().to(ops::root)))
+            .service(named("/__heartbeat__", "heartbeat").route(web::get().to(ops::heartbeat)))
+            .service(
+                named("/__lbheartbeat__", "lbheartbeat").route(web::get().to(ops::lbheartbeat)),
+            )
+            .service(named("/__version__", "version").route(web::get().to(ops::version)))
+            .service(named("/__error__", "error").route(web::get().to(ops::error)))
             .configure(|cfg| {
                 if storage_on {
                     storage_routes(cfg);

@@ -282,6 +282,12 @@ pub async fn post_collection(
     .check(&limits)?;
     // SPEC 1.12 order: body, then X-Weave-* headers, then batch parameters, then X-If-*.
     let batch = BatchRequest::parse(req.query_string())?;
+    let step = match &batch {
+        BatchRequest::None => "none",
+        BatchRequest::Start => "start",
+        BatchRequest::Append(_) => "append",
+        BatchRequest::Commit(_) => "commit",
+    };
     let target = collection_ref(&req, user, collection)?;
     let result = state
         .storage()?
@@ -291,6 +297,7 @@ pub async fn post_collection(
             batch,
         })
         .await?;
+    crate::metrics::records_written(step, result.success.len(), result.failed.len());
     Ok(match result.batch {
         Some(batch) => json_response(
             StatusCode::ACCEPTED,
@@ -382,6 +389,7 @@ pub async fn put_bso(
     // X-If-* syntax is checked after the body (SPEC 1.12).
     let target = collection_ref(&req, user, collection)?;
     let t = state.storage()?.put_bso(PutBso { target, bso }).await?;
+    crate::metrics::records_written("none", 1, 0);
     Ok(ok(t, &t))
 }
 

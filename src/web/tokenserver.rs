@@ -21,7 +21,9 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 fn error_response(e: &TokenserverError) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(e.http_status)
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    HttpResponse::build(status).json(e.body())
+    let mut response = HttpResponse::build(status).json(e.body());
+    response.extensions_mut().insert(super::Refusal(e.reason));
+    response
 }
 
 /// `Authorization: Bearer <token>`: the scheme case-insensitively, the token after one space.
@@ -77,7 +79,9 @@ async fn token(
 ) -> TsResult<crate::tokenserver::issuer::TokenResponse> {
     let ts = tokenserver(state)?;
     let bearer = bearer_token(req)?;
+    let started = std::time::Instant::now();
     let identity = ts.verifier.verify(bearer).await?;
+    let verification = started.elapsed();
     let key_id = parse_key_id(header(req, "X-KeyID"))?;
     check_client_state_header(header(req, "X-Client-State"), &key_id.client_state)?;
     let (application, version) = path;
@@ -90,19 +94,24 @@ async fn token(
     let query = Query::<HashMap<String, String>>::from_query(req.query_string())
         .map_err(|_| TokenserverError::bad_query_string())?;
     let duration = query.get("duration").and_then(|d| d.parse::<u64>().ok());
-    ts.issue(TokenRequest {
-        identity,
-        key_id,
-        duration,
-    })
-    .await
+    let response = ts
+        .issue(TokenRequest {
+            identity,
+            key_id,
+            duration,
+        })
+        .await?;
+    crate::metrics::token_issued(response.outcome, verification, started.elapsed());
+    Ok(response)
 }
 
 /// `POST /1.0/webhooks/fxa/events` (only routed when `fxa_webhook_enabled`).
 pub async fn fxa_webhook(req: HttpRequest, state: Data<AppState>) -> HttpResponse {
     let result = async {
         let ts = tokenserver(&state)?;
-        let bearer = bearer_token(&req).map_err(|_| TokenserverError::invalid_credentials())?;
+        let bearer = bearer_token(&req).map_err(|_| {
+            TokenserverError::invalid_credentials().because("webhook: no bearer token")
+        })?;
         ts.handle_security_event(bearer).await
     }
     .await;

@@ -307,6 +307,8 @@ impl Backend for SpannerStorage {
             active: 0,
             idle: open,
             max_size: self.max_sessions,
+            // The session pool does not say how many wait for a session.
+            waiting: 0,
         }
     }
 }

@@ -156,7 +156,9 @@ impl<T: DerefMut<Target = Transaction> + Send> ReadTx for SpannerTx<'_, T> {
     /// that leaves them out) cannot name a user here, and must not share an empty key.
     fn user_key(user: &UserId) -> ApiResult<UserId> {
         if user.fxa_uid.is_empty() || user.fxa_kid.is_empty() {
-            return Err(ApiError::unauthorized("token carries no fxa_uid/fxa_kid"));
+            return Err(ApiError::unauthorized(
+                crate::error::AuthFailure::TokenNoFxaUid,
+            ));
         }
         Ok(user.clone())
     }

@@ -174,6 +174,7 @@ impl From<diesel::result::Error> for ApiError {
 
 impl From<diesel::r2d2::PoolError> for ApiError {
     fn from(e: diesel::r2d2::PoolError) -> Self {
-        DbFault::Unavailable.error(format!("database unavailable: {e}"))
+        // r2d2 fails a checkout only when its connection timeout passes.
+        DbFault::PoolTimeout.error(format!("database pool timeout: {e}"))
     }
 }

@@ -21,6 +21,13 @@ const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/token
 const POSTGRES_MIGRATIONS: EmbeddedMigrations =
     embed_migrations!("migrations/tokenserver/postgres");
 
+/// The tokenserver tables' migrations (`check-config`).
+pub const MIGRATIONS: crate::db::Migrations = crate::db::Migrations {
+    sqlite: SQLITE_MIGRATIONS,
+    mysql: MYSQL_MIGRATIONS,
+    postgres: POSTGRES_MIGRATIONS,
+};
+
 /// The setting every error here is about.
 const SETTING: &str = "tokenserver.database_url";
 
@@ -121,6 +128,16 @@ impl TokenserverDb for SqliteTokenserverDb {
     }
     async fn check(&self) -> TsResult<()> {
         self.unit(|c| Ok(sqlite_ops::ping(c).map(|_| ())?)).await
+    }
+    fn pool_state(&self) -> crate::db::PoolState {
+        let state = self.pool.state();
+        crate::db::PoolState {
+            active: state.connections - state.idle_connections,
+            idle: state.idle_connections,
+            max_size: self.pool.max_size(),
+            // r2d2 does not say how many wait.
+            waiting: 0,
+        }
     }
 }
 
@@ -250,6 +267,9 @@ macro_rules! pooled_tokenserver_db {
                     }) as BoxFuture<'_, _>
                 })
                 .await
+            }
+            fn pool_state(&self) -> crate::db::PoolState {
+                self.pool.state()
             }
         }
     };

@@ -51,6 +51,19 @@ pub struct UserRecord {
     pub old_client_states: Vec<String>,
     pub created_at: i64,
     pub first_seen_at: i64,
+    /// Whether this request made the row.
+    pub origin: RowOrigin,
+}
+
+/// Where the user row `get_or_create_user` returns comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOrigin {
+    /// It was there.
+    Existing,
+    /// The account's first row, made now.
+    FirstRow,
+    /// Made now to replace rows that could not be used (their node is gone or downed).
+    Replacement,
 }
 
 /// The record update after validation (SPEC 3.6 "update").
@@ -96,6 +109,8 @@ pub trait TokenserverDb: Send + Sync {
     async fn raise_generation(&self, service: i32, email: &str, generation: i64) -> TsResult<()>;
     /// Whether the database answers (`__heartbeat__`).
     async fn check(&self) -> TsResult<()>;
+    /// Its connection pool, for the metrics.
+    fn pool_state(&self) -> crate::db::PoolState;
 }
 
 pub type SharedTokenserverDb = Arc<dyn TokenserverDb>;

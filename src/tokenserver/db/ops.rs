@@ -16,7 +16,7 @@ macro_rules! tokenserver_ops {
         use diesel::{BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, QueryResult};
 
         use $crate::tokenserver::db::schema::{nodes, services, users};
-        use $crate::tokenserver::db::{Service, TsResult, UserLookup, UserRecord, UserUpdate};
+        use $crate::tokenserver::db::{RowOrigin, Service, TsResult, UserLookup, UserRecord, UserUpdate};
         use $crate::tokenserver::TokenserverError;
         use $crate::tokenserver::nodes::{Node, assign};
         use $crate::tokenserver::users::{MAX_ROWS, NewRow, Plan, RETIRED, UserRow, decide};
@@ -191,6 +191,7 @@ macro_rules! tokenserver_ops {
                     old_client_states: decision.old_client_states,
                     created_at: row.created_at,
                     first_seen_at,
+                    origin: RowOrigin::Existing,
                 }),
                 Plan::Allocate(new) => {
                     let (nodeid, node) = allocate_node(conn, lookup) $($aw)*?;
@@ -205,6 +206,11 @@ macro_rules! tokenserver_ops {
                         old_client_states: decision.old_client_states,
                         created_at: lookup.now_ms,
                         first_seen_at,
+                        origin: if decision.first_seen_at.is_some() {
+                            RowOrigin::Replacement
+                        } else {
+                            RowOrigin::FirstRow
+                        },
                     })
                 }
             }
