@@ -216,3 +216,78 @@ fn token_refuses_a_secret_it_would_have_to_make_up() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["api_endpoint"], "https://sync.example.com/1.5/7");
 }
+
+#[tokio::test]
+async fn check_config_passes_a_migrated_server_and_names_each_problem() {
+    let server = TestServer::start().await;
+    // The tokenserver tables too (this test server runs without the tokenserver).
+    assert!(syncserver(&server, &["migrate"]).status.success());
+    let out = syncserver(&server, &["check-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok       storage database"), "{stdout}");
+    // Spanner's schema is completed by the server itself at start-up.
+    let migrated = if spanner(&server) {
+        "ok       storage schema: checked and completed by the server"
+    } else {
+        "ok       storage schema: every migration applied"
+    };
+    assert!(stdout.contains(migrated), "{stdout}");
+    assert!(stdout.contains("ok       tokenserver schema"), "{stdout}");
+    assert!(stdout.contains("no problems found"), "{stdout}");
+    // The effective settings are printed, the secret is not.
+    assert!(stdout.contains("master_secret: [redacted]"), "{stdout}");
+    assert!(!stdout.contains(MASTER_SECRET), "{stdout}");
+
+    // A database that does not answer, its password masked.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = common::syncserver_command()
+        .arg("check-config")
+        .env("SYNC_DATA_DIR", server.dir.path())
+        .env("SYNC_MASTER_SECRET", MASTER_SECRET)
+        .env(
+            "SYNC_SYNCSTORAGE__DATABASE_URL",
+            format!("mysql://sync:pw-hunter2@127.0.0.1:{closed}/sync"),
+        )
+        .env("SYNC_SYNCSTORAGE__DATABASE_POOL_CONNECTION_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("PROBLEM  storage database"), "{all}");
+    assert!(!all.contains("pw-hunter2"), "{all}");
+    assert!(all.contains("mysql://sync:****@"), "{all}");
+
+    // A SQLite database nobody migrated.
+    let empty = server.dir.path().join("empty.db");
+    std::fs::File::create(&empty).unwrap();
+    let out = common::syncserver_command()
+        .arg("check-config")
+        .env("SYNC_DATA_DIR", server.dir.path())
+        .env("SYNC_MASTER_SECRET", MASTER_SECRET)
+        .env(
+            "SYNC_SYNCSTORAGE__DATABASE_URL",
+            format!("sqlite:{}", empty.display()),
+        )
+        .env("SYNC_TOKENSERVER__ENABLED", "false")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("PROBLEM  storage schema") && stdout.contains("syncserver migrate"),
+        "{stdout}"
+    );
+}

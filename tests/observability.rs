@@ -152,6 +152,17 @@ fn start(env: &[(&str, String)]) -> Server {
     };
     let base = value("listening on");
     let port = base.rsplit(':').next().unwrap().parse().unwrap();
+    // What an operator needs from the start-up block.
+    assert_eq!(
+        value("identity.sync.tokenserver.uri"),
+        format!("{base}/1.0/sync/1.5")
+    );
+    assert_eq!(value("master secret"), "from the settings (master_secret)");
+    assert!(value("data directory").starts_with('/'), "{block}");
+    assert!(
+        value("storage database").starts_with(url.as_deref().map_or("sqlite:", |u| &u[..5])),
+        "{block}"
+    );
     let metrics = Some(value("prometheus")).filter(|m| m != "off");
     Server {
         child,

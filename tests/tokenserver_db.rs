@@ -14,8 +14,8 @@ use common::db::{AnyConnection, NodeRow, UserRow, connect, sql_query};
 use syncserver::db::sql::PoolSettings;
 use syncserver::tokenserver::TokenserverError;
 use syncserver::tokenserver::db::{
-    SYNC_SERVICE, SelfNode, Service, SharedTokenserverDb, UserLookup, UserRecord, UserUpdate,
-    open_tokenserver_db,
+    RowOrigin, SYNC_SERVICE, SelfNode, Service, SharedTokenserverDb, UserLookup, UserRecord,
+    UserUpdate, open_tokenserver_db,
 };
 use syncserver::tokenserver::users::{NewRow, RETIRED};
 
@@ -294,7 +294,15 @@ async fn an_existing_user_keeps_its_row() {
     again.now_ms += 5_000;
     again.request.generation = 99;
     let second = ts.get_or_create(again).await;
-    assert_eq!(second, first, "the stored row, not the request");
+    assert_eq!(first.origin, RowOrigin::FirstRow);
+    assert_eq!(
+        second,
+        UserRecord {
+            origin: RowOrigin::Existing,
+            ..first.clone()
+        },
+        "the stored row, not the request"
+    );
     assert_eq!(ts.users(EMAIL).len(), 1);
     assert_eq!(ts.node("https://n.example").current_load, 1);
     // Another email is another user.
@@ -447,6 +455,10 @@ async fn replaced_or_nodeless_rows_are_reallocated_with_their_own_values() {
     let second = ts.get_or_create(l).await;
     assert_ne!(second.uid, first.uid);
     assert_eq!(
+        (first.origin, second.origin),
+        (RowOrigin::FirstRow, RowOrigin::Replacement)
+    );
+    assert_eq!(
         (
             second.generation,
             second.client_state.as_str(),
@@ -463,6 +475,7 @@ async fn replaced_or_nodeless_rows_are_reallocated_with_their_own_values() {
     l.now_ms = first.created_at + 20;
     let third = ts.get_or_create(l).await;
     assert_ne!(third.uid, second.uid);
+    assert_eq!(third.origin, RowOrigin::Replacement);
     assert_eq!((third.nodeid, third.generation), (other, 5));
     assert_eq!(ts.users(EMAIL).len(), 3);
 }

@@ -79,6 +79,10 @@ pub struct Opts {
     /// SYNC_SYNCSTORAGE__DATABASE_POOL_MAX_SIZE=20.
     #[arg(long = "server-env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub server_env: Vec<(String, String)>,
+    /// Extra environment for B only (repeatable): with --compare-bin the same binary as
+    /// --server-bin, it measures a setting, e.g. SYNC_METRICS__PROMETHEUS_LISTEN=127.0.0.1:0.
+    #[arg(long = "compare-env", value_name = "KEY=VALUE", value_parser = parse_env, requires = "compare_bin")]
+    pub compare_env: Vec<(String, String)>,
     /// Names of the database server's processes whose CPU is reported (repeatable; default
     /// mariadbd/mysqld or postgres when the bench starts the server on those backends).
     #[arg(long = "db-process")]
@@ -160,13 +164,13 @@ impl Opts {
         })
     }
 
-    fn spec(&self, bin: &std::path::Path) -> ServerSpec {
+    fn spec(&self, bin: &std::path::Path, extra_env: &[(String, String)]) -> ServerSpec {
         ServerSpec {
             bin: bin.to_owned(),
             backend: self.backend,
             mysql_url: self.mysql_url.clone(),
             postgres_url: self.postgres_url.clone(),
-            env: self.server_env.clone(),
+            env: self.server_env.iter().chain(extra_env).cloned().collect(),
         }
     }
 
@@ -174,10 +178,10 @@ impl Opts {
     fn targets(&self) -> Result<Vec<(String, Target)>, String> {
         match (&self.server_bin, &self.compare_bin) {
             (Some(a), Some(b)) => Ok(vec![
-                ("A".into(), Target::Start(self.spec(a))),
-                ("B".into(), Target::Start(self.spec(b))),
+                ("A".into(), Target::Start(self.spec(a, &[]))),
+                ("B".into(), Target::Start(self.spec(b, &self.compare_env))),
             ]),
-            (Some(a), None) => Ok(vec![("".into(), Target::Start(self.spec(a)))]),
+            (Some(a), None) => Ok(vec![("".into(), Target::Start(self.spec(a, &[])))]),
             (None, _) => {
                 let master_secret = match &self.master_secret {
                     Some(s) => s.clone(),

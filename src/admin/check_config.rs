@@ -63,41 +63,42 @@ pub fn run(mut settings: Settings) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    // The schema first: opening a SQLite file that does not exist would create it.
     if settings.syncstorage.enabled {
         let url = settings.storage_url();
-        report(
-            "storage database",
-            runtime.block_on(storage_answers(&settings, &url)),
-        );
-        report(
-            "storage schema",
-            schema(&url, db::STORAGE_MIGRATIONS, "syncstorage.database_url"),
-        );
+        let schema = db::schema_state(&url, db::STORAGE_MIGRATIONS, "syncstorage.database_url");
+        if !matches!(schema, Ok(SchemaState::NotCreated)) {
+            report(
+                "storage database",
+                runtime.block_on(storage_answers(&settings, &url)),
+            );
+        }
+        report("storage schema", schema.and_then(describe));
     }
     if settings.tokenserver.enabled {
         let url = settings.tokenserver_url();
-        let mut pool = settings.tokenserver.pool();
-        pool.run_migrations = false;
-        pool.max_size = 1;
-        let answers = runtime.block_on(async {
-            let db = crate::tokenserver::db::open_tokenserver_db(&url, &pool)?;
-            tokio::time::timeout(CHECK_TIMEOUT, db.check())
-                .await
-                .map_err(|_| "no answer in time".to_owned())?
-                .map_err(|e| e.reason.to_owned())
-        });
-        report(
-            "tokenserver database",
-            answers.map(|()| crate::secret::redact_url(&url)),
+        let schema = db::schema_state(
+            &url,
+            crate::tokenserver::db::backends::MIGRATIONS,
+            "tokenserver.database_url",
         );
-        report(
-            "tokenserver schema",
-            schema(
-                &url,
-                crate::tokenserver::db::backends::MIGRATIONS,
-                "tokenserver.database_url",
-            ),
-        );
+        if !matches!(schema, Ok(SchemaState::NotCreated)) {
+            let mut pool = settings.tokenserver.pool();
+            pool.run_migrations = false;
+            pool.max_size = 1;
+            let answers = runtime.block_on(async {
+                let db = crate::tokenserver::db::open_tokenserver_db(&url, &pool)?;
+                tokio::time::timeout(CHECK_TIMEOUT, db.check())
+                    .await
+                    .map_err(|_| "no answer in time".to_owned())?
+                    .map_err(|e| e.reason.to_owned())
+            });
+            report(
+                "tokenserver database",
+                answers.map(|()| crate::secret::redact_url(&url)),
+            );
+        }
+        report("tokenserver schema", schema.and_then(describe));
     }
     if problems.is_empty() {
         println!("\nno problems found");
@@ -113,20 +114,6 @@ pub fn run(mut settings: Settings) -> Result<(), String> {
 
 /// Opens the storage database without changing it and asks it something.
 async fn storage_answers(settings: &Settings, url: &str) -> Result<String, String> {
-    if let Some(target) = db::sqlite::SqliteTarget::from_url(url)
-        && !target.path.exists()
-    {
-        let dir = target.path.parent().unwrap_or(std::path::Path::new("."));
-        return Ok(format!(
-            "{} does not exist yet; the server creates it{}",
-            target.path.display(),
-            if dir.as_os_str().is_empty() || dir.exists() {
-                String::new()
-            } else {
-                format!(" (and {})", dir.display())
-            }
-        ));
-    }
     let mut pool = settings.syncstorage.pool();
     pool.run_migrations = false;
     pool.max_size = 1;
@@ -148,10 +135,10 @@ async fn storage_answers(settings: &Settings, url: &str) -> Result<String, Strin
     Ok(crate::secret::redact_url(url))
 }
 
-fn schema(url: &str, set: db::Migrations, setting: &str) -> Result<String, String> {
-    match db::schema_state(url, set, setting)? {
+fn describe(state: SchemaState) -> Result<String, String> {
+    match state {
         SchemaState::Current => Ok("every migration applied".to_owned()),
-        SchemaState::NotCreated => Ok("created at first start".to_owned()),
+        SchemaState::NotCreated => Ok("no database file yet: the server creates it".to_owned()),
         SchemaState::NotChecked => Ok("checked and completed by the server at start-up".to_owned()),
         SchemaState::Pending(names) => Err(format!(
             "{} migration(s) not applied ({}); run `syncserver migrate`",
