@@ -69,6 +69,9 @@ pub enum AuthFailure {
     BadHeader,
     /// The MAC does not match the request (wrong key, method, path, host or port).
     BadMac,
+    /// The MAC matches neither the request as it arrived nor `public_url`, and the request
+    /// arrived for another host or port: usually a proxy that rewrites Host or the scheme.
+    BadMacNotPublicUrl,
     /// The header's `ts` is outside the allowed clock skew.
     TsSkew,
     /// A (token, ts, nonce) seen before, with `hawk.nonce_cache_size` on.
@@ -91,6 +94,7 @@ impl AuthFailure {
             AuthFailure::MissingHeader => "hawk: missing header",
             AuthFailure::BadHeader => "hawk: bad header",
             AuthFailure::BadMac => "hawk: bad mac",
+            AuthFailure::BadMacNotPublicUrl => "hawk: bad mac, request not for public_url",
             AuthFailure::TsSkew => "hawk: ts skew",
             AuthFailure::Replay => "hawk: replay",
             AuthFailure::PayloadHash => "hawk: bad payload hash",

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use cadence::prelude::*;
-use cadence::{QueuingMetricSink, StatsdClient, UdpMetricSink};
+use cadence::{BufferedUdpMetricSink, QueuingMetricSink, StatsdClient};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::db::PoolState;
@@ -52,15 +52,19 @@ const LATENCY_BUCKETS: [f64; 13] = [
     0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Starts StatsD: UDP from a background thread through a bounded queue, so a request never
-/// waits on it. Once per process.
+/// How often the StatsD buffers are sent even when not full.
+const STATSD_FLUSH: Duration = Duration::from_secs(1);
+
+/// Starts StatsD: a request only queues its metrics (bounded; more are dropped); a background
+/// thread packs them into datagrams, sent when full and at least every `STATSD_FLUSH`. Once per
+/// process.
 pub fn start_statsd(target: &StatsdTarget) -> Result<(), String> {
     let client = |prefix: &str| -> Result<StatsdClient, String> {
         let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("statsd: {e}"))?;
         socket
             .set_nonblocking(true)
             .map_err(|e| format!("statsd: {e}"))?;
-        let sink = UdpMetricSink::from((target.host.as_str(), target.port), socket)
+        let sink = BufferedUdpMetricSink::from((target.host.as_str(), target.port), socket)
             .map_err(|e| format!("statsd_host {}:{}: {e}", target.host, target.port))?;
         let sink = QueuingMetricSink::with_capacity(sink, STATSD_QUEUE);
         Ok(StatsdClient::builder(prefix, sink)
@@ -74,7 +78,20 @@ pub fn start_statsd(target: &StatsdTarget) -> Result<(), String> {
     };
     STATSD
         .set(statsd)
-        .map_err(|_| "statsd: already started in this process".to_owned())
+        .map_err(|_| "statsd: already started in this process".to_owned())?;
+    std::thread::Builder::new()
+        .name("statsd-flush".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(STATSD_FLUSH);
+                if let Some(s) = STATSD.get() {
+                    let _ = s.storage.flush();
+                    let _ = s.tokenserver.flush();
+                }
+            }
+        })
+        .map_err(|e| format!("statsd: {e}"))?;
+    Ok(())
 }
 
 /// Installs the Prometheus recorder (once per process) and returns the handle that renders it.

@@ -98,6 +98,13 @@ pub async fn start(mut settings: Settings) -> Result<Running, String> {
     )
     .with_tokenserver(tokenserver, settings.tokenserver.fxa_webhook_enabled)
     .with_hawk_policy(settings.hawk.policy())
+    .with_public_url(
+        settings
+            .public_url
+            .as_deref()
+            .map(web::headers::PublicUrl::parse)
+            .transpose()?,
+    )
     .with_body_pace(web::extract::BodyPace {
         idle: Duration::from_secs(settings.http.body_idle_timeout.into()),
         min_rate: settings.http.body_min_rate,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::db::sql::PoolSettings;
 use crate::protocol::Limits;
 use crate::secret::{DbUrl, Secret};
-use crate::tokenserver::settings::{TokenserverSettings, is_http_url};
+use crate::tokenserver::settings::TokenserverSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -349,12 +349,8 @@ impl Settings {
             .public_url
             .map(|u| u.trim().to_owned())
             .filter(|u| !u.is_empty());
-        if let Some(url) = &settings.public_url
-            && !is_http_url(url)
-        {
-            return Err(format!(
-                "public_url must be an http or https URL, not {url:?}"
-            ));
+        if let Some(url) = &settings.public_url {
+            crate::web::headers::PublicUrl::parse(url)?;
         }
         Ok(settings)
     }

@@ -24,22 +24,41 @@ pub fn authenticate(req: &HttpRequest, state: &AppState, allow_expired: bool) ->
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path(), |pq| pq.as_str());
-    let signed = SignedRequest {
-        method: req.method().as_str(),
-        target,
-        host: &host,
-        port,
+    let verify = |host: &str, port: u16, target: &str| {
+        let signed = SignedRequest {
+            method: req.method().as_str(),
+            target,
+            host,
+            port,
+        };
+        hawk::verify_with(
+            &state.secrets,
+            header(req, "Authorization"),
+            signed,
+            allow_expired,
+            &state.hawk,
+        )
+    };
+    let bad_mac = |e: &ApiError| e.kind == ErrorKind::Unauthorized(AuthFailure::BadMac);
+    // The request as it arrived (Host, or Forwarded / X-Forwarded-* from a proxy), else as
+    // Firefox signed it for the node it was given: `public_url`, under its path.
+    let verified = match (verify(&host, port, target), &state.public) {
+        (Err(e), Some(public)) if bad_mac(&e) => {
+            verify(&public.host, public.port, &public.signed_target(target)).map_err(|e| {
+                let elsewhere = !host.eq_ignore_ascii_case(&public.host) || port != public.port;
+                if bad_mac(&e) && elsewhere {
+                    ApiError::unauthorized(AuthFailure::BadMacNotPublicUrl)
+                } else {
+                    e
+                }
+            })
+        }
+        (result, _) => result,
     };
     let hawk::Verified {
         token,
         payload_hash,
-    } = hawk::verify_with(
-        &state.secrets,
-        header(req, "Authorization"),
-        signed,
-        allow_expired,
-        &state.hawk,
-    )?;
+    } = verified?;
     if state.hawk.verify_payload_hash {
         // Checked against the body once it is read (`read_signed_body`).
         req.extensions_mut().insert(SignedPayloadHash(payload_hash));

@@ -49,6 +49,8 @@ pub struct AppState {
     pub body_pace: extract::BodyPace,
     /// How strictly Hawk is verified.
     pub hawk: Arc<crate::auth::hawk::HawkPolicy>,
+    /// `public_url` as Hawk covers it; its path prefix is where every route is served too.
+    pub public: Option<headers::PublicUrl>,
 }
 
 impl AppState {
@@ -72,7 +74,19 @@ impl AppState {
                 min_rate: 4096,
             },
             hawk: Arc::default(),
+            public: None,
         }
+    }
+
+    /// `public_url`: requests are verified against it too, and served under its path.
+    pub fn with_public_url(mut self, public: Option<headers::PublicUrl>) -> Self {
+        self.public = public;
+        self
+    }
+
+    /// The path prefix of `public_url` (`/sync`), or empty.
+    pub fn prefix(&self) -> &str {
+        self.public.as_ref().map_or("", |p| p.prefix.as_str())
     }
 
     /// The storage backend; storage routes exist only when there is one.
@@ -324,6 +338,11 @@ async fn weave_response(
     path: &str,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let request_ts = SyncTimestamp::now();
+    let prefix = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.prefix().to_owned())
+        .unwrap_or_default();
+    let local_path = headers::strip_prefix(path, &prefix);
     // A panic anywhere below is a 500 (reported to Sentry by its panic hook), never a dropped
     // connection.
     let mut res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
@@ -343,7 +362,7 @@ async fn weave_response(
         }
     };
     let status = res.status();
-    let tokenserver_path = is_tokenserver_path(path);
+    let tokenserver_path = is_tokenserver_path(local_path);
     if status == StatusCode::NOT_FOUND
         && !tokenserver_path
         && res.headers().get(CONTENT_TYPE).is_none()
@@ -366,7 +385,7 @@ async fn weave_response(
             res.headers_mut()
                 .insert(HeaderName::from_static("x-timestamp"), v);
         }
-    } else if !is_dockerflow(path) && method != Method::OPTIONS {
+    } else if !is_dockerflow(local_path) && method != Method::OPTIONS {
         // A write's handler may already have set its T (when X-Last-Modified is not T).
         let header_ts = |name: &str| {
             res.headers()
@@ -434,6 +453,41 @@ fn storage_routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// Which routes a server has.
+#[derive(Debug, Clone, Copy)]
+struct Routes {
+    tokenserver: bool,
+    storage: bool,
+    webhook: bool,
+}
+
+/// Every route: Dockerflow, the tokenserver and its webhook, the storage API.
+fn routes(cfg: &mut web::ServiceConfig, on: Routes) {
+    if on.webhook {
+        cfg.service(
+            web::resource("/1.0/webhooks/fxa/events")
+                .name("webhook")
+                .route(web::post().to(tokenserver::fxa_webhook)),
+        );
+    }
+    if on.tokenserver {
+        cfg.service(
+            web::resource(TOKEN_ROUTES)
+                .name("token")
+                .route(web::get().to(tokenserver::get_token)),
+        );
+    }
+    let named = |path: &str, name: &str| web::resource(path).name(name);
+    cfg.service(named("/", "root").route(web::get().to(ops::root)))
+        .service(named("/__heartbeat__", "heartbeat").route(web::get().to(ops::heartbeat)))
+        .service(named("/__lbheartbeat__", "lbheartbeat").route(web::get().to(ops::lbheartbeat)))
+        .service(named("/__version__", "version").route(web::get().to(ops::version)))
+        .service(named("/__error__", "error").route(web::get().to(ops::error)));
+    if on.storage {
+        storage_routes(cfg);
+    }
+}
+
 /// Binds and starts the HTTP server; the caller awaits the returned `Server`.
 pub fn serve(
     listener: TcpListener,
@@ -442,42 +496,23 @@ pub fn serve(
     keep_alive: Option<u32>,
     header_timeout: Duration,
 ) -> std::io::Result<Server> {
-    let tokenserver_on = state.tokenserver.is_some();
-    let storage_on = state.storage.is_some();
-    let webhook_on = state.fxa_webhook;
+    let on = Routes {
+        tokenserver: state.tokenserver.is_some(),
+        storage: state.storage.is_some(),
+        webhook: state.fxa_webhook,
+    };
+    let prefix = state.prefix().to_owned();
     let state = web::Data::new(state);
     let mut server = HttpServer::new(move || {
-        let mut app = App::new();
-        if webhook_on {
-            app = app.service(
-                web::resource("/1.0/webhooks/fxa/events")
-                    .name("webhook")
-                    .route(web::post().to(tokenserver::fxa_webhook)),
-            );
-        }
-        if tokenserver_on {
-            app = app.service(
-                web::resource(TOKEN_ROUTES)
-                    .name("token")
-                    .route(web::get().to(tokenserver::get_token)),
-            );
-        }
-        let named = |path: &str, name: &str| web::resource(path).name(name);
-        app.app_data(state.clone())
+        let mut app = App::new()
+            .app_data(state.clone())
             .wrap(cors(&cors_settings))
-            .wrap(from_fn(weave_middleware))
-            .service(named("/", "root").route(web::get().to(ops::root)))
-            .service(named("/__heartbeat__", "heartbeat").route(web::get().to(ops::heartbeat)))
-            .service(
-                named("/__lbheartbeat__", "lbheartbeat").route(web::get().to(ops::lbheartbeat)),
-            )
-            .service(named("/__version__", "version").route(web::get().to(ops::version)))
-            .service(named("/__error__", "error").route(web::get().to(ops::error)))
-            .configure(|cfg| {
-                if storage_on {
-                    storage_routes(cfg);
-                }
-            })
+            .wrap(from_fn(weave_middleware));
+        // Under public_url's path, and at the root too, for a proxy that strips the path.
+        if !prefix.is_empty() {
+            app = app.service(web::scope(&prefix).configure(|cfg| routes(cfg, on)));
+        }
+        app.configure(|cfg| routes(cfg, on))
             .default_service(web::to(not_found))
     });
     // A client that does not finish its headers in time is answered 408 and closed.
