@@ -226,8 +226,19 @@ impl Server {
         rest: &str,
         body: Option<Value>,
     ) -> u16 {
-        let target = format!("/1.5/{uid}{rest}");
-        let auth = self.auth(MASTER_SECRET, uid, method.as_str(), &target, None);
+        self.storage_as(uid, method, &format!("/1.5/{uid}{rest}"), body)
+            .await
+    }
+
+    /// A request to `target` with `uid`'s token (maybe for another user's path).
+    async fn storage_as(
+        &self,
+        uid: u64,
+        method: reqwest::Method,
+        target: &str,
+        body: Option<Value>,
+    ) -> u16 {
+        let auth = self.auth(MASTER_SECRET, uid, method.as_str(), target, None);
         let mut rb = self
             .client
             .request(method, format!("{}{target}", self.base))
@@ -423,12 +434,7 @@ async fn prometheus_and_statsd_count_real_traffic() {
     );
     // Another user's path, with this user's token.
     let other = format!("/1.5/{}/info/collections", uid + 1);
-    let auth = server.auth(MASTER_SECRET, uid, "GET", &other, None);
-    let r = server
-        .client
-        .get(format!("{}{other}", server.base))
-        .header("Authorization", auth);
-    assert_eq!(server.send(r).await, 400);
+    assert_eq!(server.storage_as(uid, Method::GET, &other, None).await, 400);
     // The tokenserver: a new user, then the same one again.
     let jwt = Signer::shared(0).access_token("0bs0bs0bs0bs0bs0bs0bs0bs0bs0bs01", Some(7));
     assert_eq!(server.token(&jwt, &key_id(7)).await, 200);
@@ -606,12 +612,7 @@ async fn refused_requests_log_their_reason_and_no_secret_is_logged() {
         200
     );
     let other = format!("/1.5/{}/storage/x", uid + 1);
-    let auth = server.auth(MASTER_SECRET, uid, "GET", &other, None);
-    let r = server
-        .client
-        .get(format!("{}{other}", server.base))
-        .header("Authorization", auth);
-    assert_eq!(server.send(r).await, 400);
+    assert_eq!(server.storage_as(uid, Method::GET, &other, None).await, 400);
     assert_eq!(server.reason("GET", &other, 400).await, "uid mismatch");
     // Over quota (403).
     let big = "q".repeat(2000);

@@ -12,6 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 backend_matrix!();
+proxy_matrix!();
 
 /// Two hours plus 11 ms, the smallest age SPEC 6 case 82 calls expired.
 const EXPIRED_AGE_MS: i64 = 2 * 60 * 60 * 1000 + 11;

@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 backend_matrix!();
+proxy_matrix!();
 
 /// The client clock, truncated to the server's 10 ms resolution.
 fn now_tick() -> u64 {

@@ -3,6 +3,7 @@ mod common;
 
 // SPEC 6, cases 1–30: "Storage — reads, filters, pagination", plus the pagination contract of
 backend_matrix!();
+proxy_matrix!();
 
 // SPEC 1.6.2. Black-box: every check goes through HTTP.
 

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 // Default limits from SPEC section 0 / 1.11.
 backend_matrix!();
+proxy_matrix!();
 
 const MAX_POST_RECORDS: usize = 100;
 const MAX_POST_BYTES: usize = 2_621_440;

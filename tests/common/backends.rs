@@ -400,19 +400,8 @@ pub fn run_suite_on(engine: &str) {
     for test in &skip {
         cmd.args(["--skip", test]);
     }
-    let out = cmd.output().expect("re-run the test binary");
+    let summary = rerun(cmd, &format!("on {engine}"));
     drop(shared);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the suite failed on {engine}:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("test result"))
-        .unwrap_or("");
     let mut note = String::new();
     if !not_here.is_empty() {
         note += &format!("\n  not for {engine} (filtered): {}", not_here.join(", "));
@@ -421,6 +410,24 @@ pub fn run_suite_on(engine: &str) {
         note += &format!("\n  ignored (filtered): {still_ignored}");
     }
     let _ = writeln!(std::io::stderr(), "\n{engine}: {summary}{note}");
+}
+
+/// Runs this test binary again as `cmd` says; fails with its output unless it passed, else
+/// returns its `test result` line.
+pub fn rerun(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().expect("re-run the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the suite failed {what}:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("test result"))
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// One `on_<engine>` test per engine, for a test binary to run its suite everywhere, and the

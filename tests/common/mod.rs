@@ -23,6 +23,7 @@ pub fn syncserver_command() -> std::process::Command {
 }
 pub mod db;
 pub mod fxa;
+pub mod proxy;
 pub mod storage;
 
 use std::collections::BTreeSet;
@@ -38,7 +39,9 @@ use syncserver::settings::Settings;
 pub const MASTER_SECRET: &str = "test-master-secret";
 
 pub struct TestServer {
+    /// The server's own port (not the proxy's).
     pub port: u16,
+    /// Where requests go: the server, or (`SYNC_TEST_VIA=nginx`) the proxy in front of it.
     pub base: String,
     pub dir: tempfile::TempDir,
     /// The storage database this server uses.
@@ -49,6 +52,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     /// Dropped with the server (a MySQL database of its own).
     _database: Option<backends::ScratchDatabase>,
+    /// The proxy in front, in a `through_nginx` run.
+    _proxy: Option<proxy::Nginx>,
 }
 
 impl TestServer {
@@ -65,6 +70,13 @@ impl TestServer {
         settings.data_dir = dir.path().to_path_buf();
         // Storage suites mint their own tokens; tests/tokenserver.rs turns it on.
         settings.tokenserver.enabled = false;
+        let proxy_port = proxy::via_nginx().then(proxy::free_port);
+        if let Some(port) = proxy_port {
+            settings.public_url = Some(format!("https://localhost:{port}{}", proxy::PREFIX));
+        } else if proxy::via_prefix() {
+            // Requests go straight to the server, under the path, signed for it as they arrive.
+            settings.public_url = Some(format!("https://public.example.net{}", proxy::PREFIX));
+        }
         let database = backends::ScratchDatabase::create();
         if let Some(db) = &database {
             settings.syncstorage.database_url = Some(db.url.clone().into());
@@ -96,15 +108,37 @@ impl TestServer {
             })
         });
         let (addr, handle) = rx.recv().expect("server thread").expect("server start");
+        let (base, client, proxy) = match proxy_port {
+            Some(port) => (
+                format!("https://localhost:{port}{}", proxy::PREFIX),
+                proxy::https_client(),
+                Some(proxy::Nginx::start(
+                    port,
+                    addr.port(),
+                    proxy::Config::Documented,
+                )),
+            ),
+            None if proxy::via_prefix() => (
+                format!("http://127.0.0.1:{}{}", addr.port(), proxy::PREFIX),
+                reqwest::Client::new(),
+                None,
+            ),
+            None => (
+                format!("http://127.0.0.1:{}", addr.port()),
+                reqwest::Client::new(),
+                None,
+            ),
+        };
         TestServer {
             port: addr.port(),
-            base: format!("http://127.0.0.1:{}", addr.port()),
+            base,
             dir,
             database_url,
             tokenserver_database_url,
             handle,
-            client: reqwest::Client::new(),
+            client,
             _database: database,
+            _proxy: proxy,
         }
     }
 
@@ -125,6 +159,30 @@ impl TestServer {
             uid,
             id,
             key,
+        }
+    }
+
+    /// What a client signs for `path` here: the host, port and target (with the query) of
+    /// `base` + `path`, as Firefox signs what it calls (the proxy's, in a proxy run).
+    pub fn signing(&self, path: &str) -> (String, u16, String) {
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base)).unwrap();
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        (
+            url.host_str().unwrap().to_owned(),
+            url.port_or_known_default().unwrap(),
+            target,
+        )
+    }
+
+    /// A client builder for this server (trusting the proxy's certificate in a proxy run).
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        if self._proxy.is_some() {
+            proxy::https_client_builder()
+        } else {
+            reqwest::Client::builder()
         }
     }
 
@@ -168,19 +226,15 @@ impl User<'_> {
 
     /// The `Authorization` header for one request to an absolute path on this server.
     pub fn authorization(&self, method: &str, path: &str) -> String {
-        let url = reqwest::Url::parse(&format!("{}{path}", self.server.base)).unwrap();
-        let target = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
+        let (host, port, target) = self.server.signing(path);
         sign(
             &self.id,
             &self.key,
             SignedRequest {
                 method,
                 target: &target,
-                host: "127.0.0.1",
-                port: self.server.port,
+                host: &host,
+                port,
             },
         )
     }
