@@ -997,6 +997,54 @@ async fn new_users_can_be_refused() {
     env.ok("known", None, &key_id(0, "aaaa")).await;
 }
 
+#[tokio::test]
+async fn only_allowed_accounts_get_tokens_existing_users_included() {
+    let family = "0123456789abcdef0123456789abcdef";
+    let existing = "fedcba9876543210fedcba9876543210";
+    let stranger = "00000000000000000000000000000001";
+    let env = ts_env_with(move |s| {
+        s.tokenserver.allowed_users = vec![family.to_owned()];
+    })
+    .await;
+    // A user from before the list existed.
+    env.insert_user(existing, 0, 1000, "aaaa", env.self_node());
+    env.ok(family, None, &key_id(0, "aaaa")).await;
+    for refused in [stranger, existing] {
+        let r = env.token(refused, None, &key_id(0, "aaaa")).await;
+        assert_eq!(r.status, 403, "{refused}: {}", r.body);
+        assert_eq!(
+            r.json(),
+            json!({"status":"not-allowed","errors":[{"location":"body","name":"","description":"This account is not allowed on this server"}]})
+        );
+    }
+    // Checked before any row is made.
+    assert!(env.rows(stranger).is_empty());
+}
+
+#[test]
+fn allowed_users_come_as_a_list_or_commas_and_must_be_uids() {
+    let load = |value: &str| {
+        Settings::load_from(
+            None,
+            vec![(
+                "SYNC_TOKENSERVER__ALLOWED_USERS".to_owned(),
+                value.to_owned(),
+            )],
+        )
+    };
+    let s = load("0123456789abcdef0123456789ABCDEF, fedcba9876543210fedcba9876543210").unwrap();
+    assert_eq!(
+        s.tokenserver.allowed_users,
+        vec![
+            "0123456789abcdef0123456789abcdef",
+            "fedcba9876543210fedcba9876543210"
+        ]
+    );
+    let e = load("me@example.com").unwrap_err();
+    assert!(e.contains("never learns emails"), "{e}");
+    assert!(load("not-a-uid").unwrap_err().contains("32 hex digits"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // OAuth verification (SPEC 3.4)
 

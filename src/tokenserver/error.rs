@@ -142,6 +142,17 @@ impl TokenserverError {
             "new users disabled",
         )
     }
+    /// An account not on `tokenserver.allowed_users`: the same shape as upstream's 403s.
+    pub fn not_allowed() -> Self {
+        Self::new(
+            403,
+            "not-allowed",
+            "body",
+            "",
+            "This account is not allowed on this server",
+            "account not allowed",
+        )
+    }
     pub fn unsupported_application() -> Self {
         Self::new(
             404,

@@ -136,6 +136,13 @@ impl Tokenserver {
 
     pub async fn issue(&self, request: TokenRequest) -> TsResult<TokenResponse> {
         let fxa_uid = &request.identity.fxa_uid;
+        let allowed = &self.settings.allowed_users;
+        if !allowed.is_empty() && !allowed.iter().any(|u| u.eq_ignore_ascii_case(fxa_uid)) {
+            // The operator chose to name accounts: the uid lets them add one they meant to.
+            slog_scope::info!("token refused: account not in tokenserver.allowed_users";
+                "fxa_uid" => fxa_uid);
+            return Err(TokenserverError::not_allowed());
+        }
         let email = self.email(fxa_uid);
         let claims = Claims {
             generation: request.identity.generation,

@@ -28,6 +28,10 @@ pub struct TokenserverSettings {
     pub init_node_url: Option<String>,
     pub init_node_capacity: i32,
     pub allow_new_users: bool,
+    /// When not empty, only these Firefox Accounts (their uids: 32 hex digits) get tokens,
+    /// existing users included. A TOML array, or one variable with a comma-separated list.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub allowed_users: Vec<String>,
     pub fxa_email_domain: String,
     pub fxa_oauth_server_url: String,
     /// Seconds for a whole exchange with FxA (JWKS fetch, remote verify).
@@ -69,6 +73,7 @@ impl Default for TokenserverSettings {
             init_node_url: None,
             init_node_capacity: 100_000,
             allow_new_users: true,
+            allowed_users: Vec::new(),
             fxa_email_domain: PROD_EMAIL_DOMAIN.into(),
             fxa_oauth_server_url: PROD_OAUTH_SERVER.into(),
             fxa_oauth_request_timeout: 10,
@@ -126,6 +131,22 @@ impl TokenserverSettings {
                 "tokenserver.init_node_url must be an http or https URL, not {url:?}"
             ));
         }
+        for user in &mut self.allowed_users {
+            *user = user.trim().to_ascii_lowercase();
+            if user.contains('@') {
+                return Err(format!(
+                    "tokenserver.allowed_users: {user:?} is an email address; the tokenserver \
+                     never learns emails (Firefox Accounts' tokens carry only the account's uid): \
+                     list account uids (32 hex digits)"
+                ));
+            }
+            if user.len() != 32 || !user.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "tokenserver.allowed_users: {user:?} is not a Firefox Accounts uid (32 hex \
+                     digits)"
+                ));
+            }
+        }
         if self.init_node_capacity <= 0 {
             return Err("tokenserver.init_node_capacity must be greater than 0".into());
         }
@@ -150,6 +171,25 @@ impl TokenserverSettings {
         }
         Ok(())
     }
+}
+
+/// A list as a TOML array or as one comma-separated string (`SYNC_..._ALLOWED_USERS=a,b`).
+fn list_or_commas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        List(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Raw::List(l) => l,
+    })
 }
 
 /// A JWK given as a table (TOML, or `..._JWK__N`-style variables) or as one JSON string, as
