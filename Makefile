@@ -1,4 +1,4 @@
-.PHONY: run run_mysql run_postgres run_spanner test lint fmt build ci fuzz bench
+.PHONY: run run_mysql run_postgres run_spanner test lint fmt build ci fuzz bench check-arm64
 
 MYSQL_URL ?= mysql://root@127.0.0.1:3306/syncstorage
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/syncstorage
@@ -33,6 +33,13 @@ run_spanner:
 
 test:
 	cargo test
+
+# The binary builds for 64-bit ARM (Raspberry Pi 4/5, ARM VPS): a cross check, no ARM machine
+# needed. Needs Debian's gcc-aarch64-linux-gnu (bundled SQLite and ring compile C).
+check-arm64:
+	rustup target add aarch64-unknown-linux-gnu
+	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
+	  cargo check --release --locked --target aarch64-unknown-linux-gnu --bin syncserver
 
 # The parser fuzz targets (tests/fuzz.rs) with 100x the cases `cargo test` runs.
 fuzz:

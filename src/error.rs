@@ -236,6 +236,45 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
 
+    /// Every refusal the database can cause has its own reason code (the log line's `reason`).
+    #[test]
+    fn database_refusals_say_which() {
+        let reasons: Vec<(u16, &str)> = [
+            DbFault::Conflict,
+            DbFault::Busy,
+            DbFault::Unavailable,
+            DbFault::PoolTimeout,
+            DbFault::Deadline,
+            DbFault::Integrity,
+            DbFault::Other,
+        ]
+        .into_iter()
+        .map(|f| {
+            let e = f.error("driver text");
+            (e.status(), e.reason())
+        })
+        .collect();
+        assert_eq!(
+            reasons,
+            [
+                (503, "db: conflict"),
+                (503, "db: busy"),
+                (503, "db: unavailable"),
+                (503, "db: pool timeout"),
+                (503, "db: deadline"),
+                (500, "db: integrity"),
+                (500, "db: error"),
+            ]
+        );
+        assert_eq!(ApiError::new(ErrorKind::Conflict, "").reason(), "conflict");
+        assert_eq!(ApiError::new(ErrorKind::OverQuota, "").reason(), "quota");
+        let mismatch = ApiError::new(ErrorKind::UidMismatch, "");
+        assert_eq!(
+            (mismatch.status(), mismatch.reason()),
+            (400, "uid mismatch")
+        );
+    }
+
     #[test]
     fn status_and_codes() {
         assert_eq!(ApiError::invalid_bso("x").status(), 400);

@@ -1,5 +1,5 @@
 //! The `syncserver` command: `serve` (the default), `token`, `hawk`, `migrate`,
-//! `check-config`, `purge-ttl`.
+//! `check-config`, `healthcheck`, `purge-ttl`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +55,9 @@ enum Command {
     ///
     /// Example: syncserver --config /etc/syncserver.toml check-config
     CheckConfig,
+    /// Exit 0 when the server of these settings answers `__lbheartbeat__` on its port, for a
+    /// container HEALTHCHECK (no curl needed in the image).
+    Healthcheck,
     /// Delete expired records and batches (reads hide them already; this reclaims space), in
     /// short transactions, safe to run from cron beside a busy server.
     ///
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Hawk { method, url } => hawk_header(settings, &method, &url),
         Command::Migrate => migrate(settings),
         Command::CheckConfig => syncserver::admin::check_config::run(settings),
+        Command::Healthcheck => healthcheck(&settings),
         Command::PurgeTtl {
             rows_per_chunk,
             pause_ms,
@@ -133,6 +137,26 @@ fn serve(settings: Settings) -> Result<(), String> {
         slog_scope::info!("listening"; "address" => %running.addr, "summary" => fields.join("; "));
         running.server.await.map_err(|e| e.to_string())
     })
+}
+
+/// GET `__lbheartbeat__` on this machine's listener (a wildcard host is asked on loopback).
+fn healthcheck(settings: &Settings) -> Result<(), String> {
+    let host = match settings.host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_owned(),
+        Ok(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => settings.host.clone(),
+    };
+    let url = format!("http://{host}:{}/__lbheartbeat__", settings.port);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .into();
+    agent
+        .get(&url)
+        .call()
+        .map(|_| ())
+        .map_err(|e| format!("healthcheck: {url}: {e}"))
 }
 
 /// Mints credentials (token id and Hawk key) for `uid`.

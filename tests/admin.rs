@@ -249,17 +249,21 @@ async fn check_config_passes_a_migrated_server_and_names_each_problem() {
         .local_addr()
         .unwrap()
         .port();
-    let out = common::syncserver_command()
-        .arg("check-config")
-        .env("SYNC_DATA_DIR", server.dir.path())
-        .env("SYNC_MASTER_SECRET", MASTER_SECRET)
-        .env(
-            "SYNC_SYNCSTORAGE__DATABASE_URL",
-            format!("mysql://sync:pw-hunter2@127.0.0.1:{closed}/sync"),
-        )
-        .env("SYNC_SYNCSTORAGE__DATABASE_POOL_CONNECTION_TIMEOUT", "2")
-        .output()
-        .unwrap();
+    // check-config on another storage database, with more settings.
+    let check_config = |url: String, more: &[(&str, &str)]| {
+        common::syncserver_command()
+            .arg("check-config")
+            .env("SYNC_DATA_DIR", server.dir.path())
+            .env("SYNC_MASTER_SECRET", MASTER_SECRET)
+            .env("SYNC_SYNCSTORAGE__DATABASE_URL", url)
+            .envs(more.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let out = check_config(
+        format!("mysql://sync:pw-hunter2@127.0.0.1:{closed}/sync"),
+        &[("SYNC_SYNCSTORAGE__DATABASE_POOL_CONNECTION_TIMEOUT", "2")],
+    );
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -273,21 +277,41 @@ async fn check_config_passes_a_migrated_server_and_names_each_problem() {
     // A SQLite database nobody migrated.
     let empty = server.dir.path().join("empty.db");
     std::fs::File::create(&empty).unwrap();
-    let out = common::syncserver_command()
-        .arg("check-config")
-        .env("SYNC_DATA_DIR", server.dir.path())
-        .env("SYNC_MASTER_SECRET", MASTER_SECRET)
-        .env(
-            "SYNC_SYNCSTORAGE__DATABASE_URL",
-            format!("sqlite:{}", empty.display()),
-        )
-        .env("SYNC_TOKENSERVER__ENABLED", "false")
-        .output()
-        .unwrap();
+    let out = check_config(
+        format!("sqlite:{}", empty.display()),
+        &[("SYNC_TOKENSERVER__ENABLED", "false")],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(
         stdout.contains("PROBLEM  storage schema") && stdout.contains("syncserver migrate"),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn healthcheck_command_passes_only_while_the_server_answers() {
+    let server = TestServer::start().await;
+    let check = |port: u16| {
+        common::syncserver_command()
+            .arg("healthcheck")
+            .env("SYNC_HOST", "0.0.0.0")
+            .env("SYNC_PORT", port.to_string())
+            .output()
+            .unwrap()
+    };
+    let out = check(server.port);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = check(closed);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("__lbheartbeat__"));
 }

@@ -558,6 +558,26 @@ async fn refused_requests_log_their_reason_and_no_secret_is_logged() {
         }
         server.send(rb)
     };
+    // The request line carries the parameters that explain a sync, and how many ids.
+    let listing =
+        format!("/1.5/{uid}/storage/tabs?full=1&newer=12.5&limit=10&sort=newest&ids=a,b,c&x=y");
+    assert_eq!(
+        server
+            .storage_as(uid, reqwest::Method::GET, &listing, None)
+            .await,
+        200
+    );
+    let lines = server.log().await;
+    let line = lines
+        .iter()
+        .map(|l| &l["Fields"])
+        .find(|f| f["msg"] == "request" && f["path"] == format!("/1.5/{uid}/storage/tabs"))
+        .expect("the listing's request line");
+    assert_eq!(
+        line["query"], "full=1 newer=12.5 limit=10 sort=newest ids=3",
+        "{line}"
+    );
+    assert!(line.get("reason").is_none(), "{line}");
     let cases: Vec<(Option<String>, u16, &str)> = vec![
         (None, 401, "hawk: missing header"),
         (Some("Hawk id=\"x".into()), 401, "hawk: bad header"),
