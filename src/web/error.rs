@@ -34,15 +34,12 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after() {
             builder.insert_header((RETRY_AFTER, HeaderValue::from(secs)));
         }
-        let mut response = match self.weave_code() {
+        let response = match self.weave_code() {
             Some(code) => builder
                 .insert_header((CONTENT_TYPE, "application/json"))
                 .body(code.to_string()),
             None => builder.finish(),
         };
-        response
-            .extensions_mut()
-            .insert(super::Refusal(self.reason()));
-        response
+        super::refused(response, self.reason())
     }
 }

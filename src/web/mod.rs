@@ -224,7 +224,7 @@ fn logged_query(query: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct Refusal(pub &'static str);
 
-/// A response with its refusal reason attached.
+/// A response with its refusal reason attached (every refusal goes through here).
 fn refused(mut response: HttpResponse<BoxBody>, reason: &'static str) -> HttpResponse<BoxBody> {
     response.extensions_mut().insert(Refusal(reason));
     response

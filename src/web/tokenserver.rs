@@ -21,9 +21,7 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 fn error_response(e: &TokenserverError) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(e.http_status)
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = HttpResponse::build(status).json(e.body());
-    response.extensions_mut().insert(super::Refusal(e.reason));
-    response
+    super::refused(HttpResponse::build(status).json(e.body()), e.reason)
 }
 
 /// `Authorization: Bearer <token>`: the scheme case-insensitively, the token after one space.
