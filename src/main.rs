@@ -1,5 +1,6 @@
 //! The `syncserver` command: `serve` (the default), `token`, `hawk`, `migrate`,
-//! `check-config`, `healthcheck`, `purge-ttl`.
+//! `check-config`, `healthcheck`, `purge-ttl`, and the operator's commands of `admin`:
+//! `node`, `user`, `purge-replaced`, `copy`, `import-legacy`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +15,13 @@ use syncserver::settings::Settings;
 #[command(
     name = "syncserver",
     version,
-    about = "Firefox Sync 1.5 storage server"
+    about = "Firefox Sync 1.5 storage server",
+    after_help = "Every command reads the server's settings (--config, SYNC_* variables) and runs \
+                  beside a running server. Examples:\n  \
+                  syncserver node list\n  \
+                  syncserver user show 0123456789abcdef0123456789abcdef\n  \
+                  syncserver purge-ttl --dry-run\n  \
+                  syncserver copy --from sqlite:data/syncserver.db --to postgres://sync@localhost/sync"
 )]
 struct Cli {
     /// TOML settings file (environment variables SYNC_* override it).
@@ -69,6 +76,179 @@ enum Command {
         /// Milliseconds to pause between transactions.
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
+        /// Count what has expired, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The tokenserver's storage nodes (where new users are sent).
+    ///
+    /// Examples:
+    ///   syncserver node list
+    ///   syncserver node add https://sync2.example.com --capacity 1000
+    ///   syncserver node update https://sync2.example.com --downed 1
+    ///   syncserver node remove https://sync2.example.com --reassign https://sync.example.com
+    #[command(subcommand, verbatim_doc_comment)]
+    Node(NodeCmd),
+    /// The tokenserver's user rows and their storage.
+    ///
+    /// A user is named by uid, email (fxa_uid@domain) or FxA uid (32 hex digits).
+    /// Examples:
+    ///   syncserver user list --limit 50
+    ///   syncserver user show 0123456789abcdef0123456789abcdef
+    ///   syncserver user delete 42 --yes
+    #[command(subcommand, verbatim_doc_comment)]
+    User(UserCmd),
+    /// Delete tokenserver rows replaced by a newer client state (or retired by an account
+    /// deletion) longer ago than the grace period, with their storage (no current row uses it).
+    ///
+    /// Example: syncserver purge-replaced --grace-days 7 --dry-run
+    PurgeReplaced {
+        /// Rows replaced less than this many days ago are kept.
+        #[arg(long, default_value_t = 7)]
+        grace_days: u64,
+        /// Count what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per step.
+        #[arg(long, default_value_t = 100)]
+        rows_per_chunk: u32,
+        /// Milliseconds to pause between steps.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+    },
+    /// Copy every user's storage and the tokenserver rows to another database (SQLite,
+    /// MySQL/MariaDB, PostgreSQL), verified user by user. Resumable: run it again after an
+    /// interruption and it continues. Stop the server (or expect users it changes meanwhile
+    /// to be reported and copied again by the next run).
+    ///
+    /// Example: syncserver copy --from sqlite:data/syncserver.db --to postgres://sync:pw@localhost/sync
+    Copy {
+        /// The database copied from (a storage URL, as syncstorage.database_url).
+        #[arg(long)]
+        from: String,
+        /// The database copied to (created or migrated as needed).
+        #[arg(long)]
+        to: String,
+        /// The source's tokenserver tables (default: the same MySQL/PostgreSQL database, or
+        /// tokenserver.db beside the SQLite file).
+        #[arg(long)]
+        tokenserver_from: Option<String>,
+        /// The target's tokenserver tables (same default).
+        #[arg(long)]
+        tokenserver_to: Option<String>,
+        /// Copy the storage only.
+        #[arg(long)]
+        skip_tokenserver: bool,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 500)]
+        rows_per_chunk: u32,
+    },
+    /// Import the old Python syncserver's database (SQLite, MySQL or PostgreSQL) into this
+    /// server's databases: users keep their uids and generations, records and collections
+    /// their timestamps, so Firefox syncs on without uploading again.
+    ///
+    /// Example: syncserver import-legacy --from sqlite:/var/lib/syncserver/syncserver.db --dry-run
+    ImportLegacy {
+        /// The Python server's database URL (its sqluri: sqlite:PATH, mysql://, postgres://).
+        #[arg(long)]
+        from: String,
+        /// Count what would be imported, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also import the storage of replaced rows (old keys: no client reads it again).
+        #[arg(long)]
+        include_replaced: bool,
+        /// The node URL the imported users get (default: public_url).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Every node with its counters and current users.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node (its URL as Firefox reaches it).
+    Add {
+        url: String,
+        #[command(flatten)]
+        change: NodeFields,
+    },
+    /// Change a node's counters or flags.
+    Update {
+        url: String,
+        #[command(flatten)]
+        change: NodeFields,
+    },
+    /// Remove a node; refused while users are on it, unless --reassign moves them.
+    Remove {
+        url: String,
+        /// Move the node's users to this node first.
+        #[arg(long)]
+        reassign: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct NodeFields {
+    /// Users the node takes in all (add: 100).
+    #[arg(long)]
+    capacity: Option<i32>,
+    /// New users it can still take now (add: the capacity).
+    #[arg(long)]
+    available: Option<i32>,
+    #[arg(long)]
+    current_load: Option<i32>,
+    /// 1: no new users, existing ones get a new node.
+    #[arg(long)]
+    downed: Option<i32>,
+    /// 1: no new users.
+    #[arg(long)]
+    backoff: Option<i32>,
+}
+
+impl From<NodeFields> for syncserver::tokenserver::db::admin::NodeChange {
+    fn from(f: NodeFields) -> Self {
+        Self {
+            available: f.available,
+            capacity: f.capacity,
+            current_load: f.current_load,
+            downed: f.downed,
+            backoff: f.backoff,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// User rows in uid order.
+    List {
+        /// Rows after this uid.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every row of the account (token rows, node, generation, keys_changed_at) and each
+    /// row's collections with record counts and sizes.
+    Show {
+        /// uid, email or FxA uid.
+        who: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every row of the account and their storage; it starts afresh at its next sync.
+    Delete {
+        /// uid, email or FxA uid.
+        who: String,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -95,11 +275,84 @@ fn main() -> ExitCode {
         Command::PurgeTtl {
             rows_per_chunk,
             pause_ms,
+            dry_run,
         } => purge_ttl(
             settings,
             syncserver::db::purge::PurgeOptions {
                 rows_per_chunk,
                 pause: std::time::Duration::from_millis(pause_ms),
+                dry_run,
+            },
+        ),
+        Command::Node(cmd) => {
+            use syncserver::admin::nodes::NodeCommand;
+            let cmd = match cmd {
+                NodeCmd::List { json } => NodeCommand::List { json },
+                NodeCmd::Add { url, change } => NodeCommand::Add {
+                    url,
+                    change: change.into(),
+                },
+                NodeCmd::Update { url, change } => NodeCommand::Update {
+                    url,
+                    change: change.into(),
+                },
+                NodeCmd::Remove { url, reassign } => NodeCommand::Remove { url, reassign },
+            };
+            syncserver::admin::nodes::run(settings, cmd)
+        }
+        Command::User(cmd) => {
+            use syncserver::admin::users::UserCommand;
+            let cmd = match cmd {
+                UserCmd::List { after, limit, json } => UserCommand::List { after, limit, json },
+                UserCmd::Show { who, json } => UserCommand::Show { who, json },
+                UserCmd::Delete { who, yes } => UserCommand::Delete { who, yes },
+            };
+            syncserver::admin::users::run(settings, cmd)
+        }
+        Command::PurgeReplaced {
+            grace_days,
+            dry_run,
+            rows_per_chunk,
+            pause_ms,
+        } => syncserver::admin::users::purge_replaced(
+            settings,
+            syncserver::admin::users::PurgeReplaced {
+                grace: std::time::Duration::from_secs(grace_days * 86_400),
+                dry_run,
+                rows_per_chunk,
+                pause: std::time::Duration::from_millis(pause_ms),
+            },
+        ),
+        Command::Copy {
+            from,
+            to,
+            tokenserver_from,
+            tokenserver_to,
+            skip_tokenserver,
+            rows_per_chunk,
+        } => syncserver::admin::copy::run(
+            settings,
+            syncserver::admin::copy::CopyOptions {
+                from,
+                to,
+                tokenserver_from,
+                tokenserver_to,
+                skip_tokenserver,
+                rows_per_chunk,
+            },
+        ),
+        Command::ImportLegacy {
+            from,
+            dry_run,
+            include_replaced,
+            node,
+        } => syncserver::admin::legacy::run(
+            settings,
+            syncserver::admin::legacy::ImportOptions {
+                from,
+                dry_run,
+                include_replaced,
+                node,
             },
         ),
     };
@@ -206,36 +459,7 @@ fn token(
     Ok(())
 }
 
-/// A runtime for an admin command; the storage it opens lives as long as the runtime.
-fn admin_runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-}
-
-/// Opens the storage database for an admin command, running migrations.
-fn open_for_admin(
-    runtime: &tokio::runtime::Runtime,
-    settings: &Settings,
-) -> Result<syncserver::db::SharedStorage, String> {
-    settings.prepare_sqlite_dirs()?;
-    let mut pool = settings.syncstorage.pool();
-    pool.run_migrations = true;
-    pool.max_size = 1;
-    let config = syncserver::db::StorageConfig {
-        limits: settings.syncstorage.limits.clone(),
-        enable_quota: false,
-        enforce_quota: false,
-    };
-    runtime.block_on(syncserver::db::open_storage(
-        &settings.storage_url(),
-        &pool,
-        settings.syncstorage.spanner_emulator_host.as_deref(),
-        config,
-    ))
-}
-
+use syncserver::admin::{runtime as admin_runtime, settings_storage as open_for_admin};
 use syncserver::secret::redact_url;
 
 fn migrate(settings: Settings) -> Result<(), String> {
@@ -264,6 +488,11 @@ fn purge_ttl(
 ) -> Result<(), String> {
     let runtime = admin_runtime()?;
     let storage = open_for_admin(&runtime, &settings)?;
+    let verb = if options.dry_run {
+        "would purge"
+    } else {
+        "purged"
+    };
     let stats = runtime
         .block_on(syncserver::db::purge::purge_expired(
             storage.as_ref(),
@@ -277,7 +506,7 @@ fn purge_ttl(
         ))
         .map_err(|e| e.message)?;
     eprintln!(
-        "syncserver: purged {} expired records and {} expired batches ({} staged records)",
+        "syncserver: {verb} {} expired records and {} expired batches ({} staged records)",
         stats.bsos, stats.batches, stats.staged
     );
     Ok(())

@@ -50,6 +50,11 @@ async fn purge_ttl_removes_only_expired_records_while_the_server_runs() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     assert_eq!(bso_rows(&server), 2);
+    let dry = syncserver(&server, &["purge-ttl", "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&dry.stderr);
+    assert!(dry.status.success(), "{stderr}");
+    assert!(stderr.contains("would purge 1 expired records"), "{stderr}");
+    assert_eq!(bso_rows(&server), 2);
     let out = syncserver(
         &server,
         &["purge-ttl", "--rows-per-chunk", "1", "--pause-ms", "5"],

@@ -1214,6 +1214,7 @@ async fn purge_in_chunks_removes_everything_expired_a_bounded_number_at_a_time()
     let options = syncserver::db::purge::PurgeOptions {
         rows_per_chunk: 5,
         pause: Duration::from_millis(1),
+        dry_run: false,
     };
     let mut steps = Vec::new();
     let db = b.db.clone();

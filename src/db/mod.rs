@@ -22,6 +22,7 @@ pub mod rules;
 pub mod spanner;
 pub mod sql;
 pub mod sqlite;
+pub mod transfer;
 pub mod tx;
 pub mod units;
 
@@ -215,6 +216,34 @@ pub trait StorageDb: Send + Sync {
     async fn purge_expired(&self) -> ApiResult<PurgeStats> {
         purge::purge_expired(self, &purge::PurgeOptions::default(), |_| {}).await
     }
+    /// What the TTL purge would delete now.
+    async fn count_expired(&self, now: SyncTimestamp) -> ApiResult<PurgeStats>;
+    /// What the user has, for `copy` to compare (`transfer::UserSummary`).
+    async fn summary(&self, user: &UserId) -> ApiResult<transfer::UserSummary>;
+    /// Users with data, in uid order after `after` (SQL engines).
+    async fn users_after(&self, after: u64, limit: u32) -> ApiResult<Vec<u64>>;
+    /// A collection's rows, expired included, in id order after `after`.
+    async fn rows_after(
+        &self,
+        user: &UserId,
+        collection: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> ApiResult<Vec<crate::protocol::StoredBso>>;
+    /// Writes rows as they are, `modified` and expiry kept (one transaction).
+    async fn import_rows(
+        &self,
+        user: &UserId,
+        collection: &str,
+        rows: Vec<crate::protocol::StoredBso>,
+    ) -> ApiResult<()>;
+    /// Sets collection and tombstone timestamps as given (one transaction).
+    async fn set_timestamps(
+        &self,
+        user: &UserId,
+        collections: Vec<(String, i64)>,
+        tombstone: i64,
+    ) -> ApiResult<()>;
     fn pool_state(&self) -> PoolState;
 }
 

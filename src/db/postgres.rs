@@ -183,6 +183,14 @@ mod layout {
 
         /// Up to `max_rows` expired batches, by key: (batches, 0); their staged records go with
         /// them (ON DELETE CASCADE), at most max_total_records each.
+        async fn count_expired_batches(&mut self, now: i64) -> ApiResult<i64> {
+            Ok(batches::table
+                .filter(batches::expiry.le(Ms(now)))
+                .count()
+                .get_result(&mut *self.0)
+                .await?)
+        }
+
         async fn purge_batches(&mut self, now: i64, max_rows: i64) -> ApiResult<(usize, usize)> {
             let keys: Vec<(i64, i32, uuid::Uuid)> = batches::table
                 .filter(batches::expiry.le(Ms(now)))

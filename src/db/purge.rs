@@ -14,6 +14,8 @@ pub struct PurgeOptions {
     pub rows_per_chunk: u32,
     /// Pause between transactions, for the server's own writers.
     pub pause: Duration,
+    /// Count, delete nothing.
+    pub dry_run: bool,
 }
 
 impl Default for PurgeOptions {
@@ -21,6 +23,7 @@ impl Default for PurgeOptions {
         PurgeOptions {
             rows_per_chunk: 1000,
             pause: Duration::ZERO,
+            dry_run: false,
         }
     }
 }
@@ -33,6 +36,9 @@ pub async fn purge_expired<D: StorageDb + ?Sized>(
     mut progress: impl FnMut(&PurgeStats) + Send,
 ) -> ApiResult<PurgeStats> {
     let now = SyncTimestamp::now();
+    if options.dry_run {
+        return db.count_expired(now).await;
+    }
     let mut total = PurgeStats::default();
     loop {
         let chunk = db

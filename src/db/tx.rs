@@ -122,6 +122,26 @@ pub trait ReadTx: Send {
         batch: &Self::Batch,
     ) -> impl Future<Output = ApiResult<(i64, i64)>> + Send;
     fn ping(&mut self) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Expired records and expired batches of every user (`purge-ttl --dry-run`).
+    fn expired_counts(
+        &mut self,
+        now: SyncTimestamp,
+    ) -> impl Future<Output = ApiResult<PurgeStats>> + Send;
+    /// Users with any collection row, in uid order after `after`, at most `limit` (`transfer`).
+    fn users_after(
+        &mut self,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = ApiResult<Vec<u64>>> + Send;
+    /// The collection's rows, expired included, in id order after `after`, at most `limit`
+    /// (`transfer`).
+    fn rows_after(
+        &mut self,
+        user: &Self::User,
+        cid: i32,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = ApiResult<Vec<StoredBso>>> + Send;
 }
 
 /// The statements of a write transaction.

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 
 use crate::db::listing::{self, Listing, ListingSender};
 use crate::db::rules::{self, Staged, TOMBSTONE};
+use crate::db::transfer::{self, UserSummary};
 use crate::db::tx::{Backend, ReadTx, Scope, WriteTx};
 use crate::db::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody,
@@ -35,6 +36,22 @@ pub enum ReadOp {
     Stream(GetBsos, ListingSender),
     GetBso(BsoRef),
     Ping,
+    /// What the TTL purge would delete now (`purge-ttl --dry-run`).
+    Expired(SyncTimestamp),
+    /// `transfer::summary`.
+    Summary(UserId),
+    /// `transfer::users_after`.
+    Users {
+        after: u64,
+        limit: u32,
+    },
+    /// `transfer::rows_after`.
+    Rows {
+        user: UserId,
+        collection: String,
+        after: Option<String>,
+        limit: u32,
+    },
 }
 
 impl ReadOp {
@@ -49,6 +66,10 @@ pub enum ReadOut {
     Info(Info),
     Page(BsoPage),
     Bso(Bso),
+    Summary(UserSummary),
+    Expired(PurgeStats),
+    Users(Vec<u64>),
+    Rows(Vec<StoredBso>),
     Done,
 }
 
@@ -63,6 +84,18 @@ pub enum WriteOp {
     DeleteStorage {
         user: UserId,
         precondition: Precondition,
+    },
+    /// `transfer::import_rows`: rows written as they are.
+    ImportRows {
+        user: UserId,
+        collection: String,
+        rows: Vec<StoredBso>,
+    },
+    /// `transfer::set_timestamps`.
+    SetTimestamps {
+        user: UserId,
+        collections: Vec<(String, i64)>,
+        tombstone: i64,
     },
 }
 
@@ -79,6 +112,10 @@ impl WriteOp {
             WriteOp::DeleteBsos(d) => of(&d.target),
             WriteOp::DeleteCollection(c) => of(c),
             WriteOp::DeleteStorage { user, .. } => (user, None),
+            WriteOp::ImportRows {
+                user, collection, ..
+            } => (user, Some(collection.as_str())),
+            WriteOp::SetTimestamps { user, .. } => (user, None),
         }
     }
 }
@@ -88,6 +125,7 @@ pub enum WriteOut {
     Timestamp(SyncTimestamp),
     Post(PostResult),
     Deleted(DeletedCollection),
+    Done,
 }
 
 /// Runs a read op on `tx`.
@@ -114,6 +152,19 @@ pub async fn read<T: ReadTx>(
             tx.ping().await?;
             ReadOut::Done
         }
+        ReadOp::Expired(now) => ReadOut::Expired(tx.expired_counts(*now).await?),
+        ReadOp::Summary(user) => ReadOut::Summary(transfer::summary(tx, user).await?),
+        ReadOp::Users { after, limit } => {
+            ReadOut::Users(transfer::users_after(tx, *after, *limit).await?)
+        }
+        ReadOp::Rows {
+            user,
+            collection,
+            after,
+            limit,
+        } => ReadOut::Rows(
+            transfer::rows_after(tx, user, collection, after.as_deref(), *limit).await?,
+        ),
     })
 }
 
@@ -123,6 +174,26 @@ pub async fn write<T: WriteTx>(
     config: &StorageConfig,
     op: &WriteOp,
 ) -> ApiResult<WriteOut> {
+    // A transfer keeps the timestamps it is given: no T of its own.
+    match op {
+        WriteOp::ImportRows {
+            user,
+            collection,
+            rows,
+        } => {
+            transfer::import_rows(tx, user, collection, rows).await?;
+            return Ok(WriteOut::Done);
+        }
+        WriteOp::SetTimestamps {
+            user,
+            collections,
+            tombstone,
+        } => {
+            transfer::set_timestamps(tx, user, collections, *tombstone).await?;
+            return Ok(WriteOut::Done);
+        }
+        _ => {}
+    }
     let (user, collection) = op.target();
     let scope = begin_write(tx, user, collection).await?;
     Ok(match op {
@@ -136,6 +207,7 @@ pub async fn write<T: WriteTx>(
         WriteOp::DeleteStorage { precondition, .. } => {
             WriteOut::Timestamp(delete_storage(tx, &scope, *precondition).await?)
         }
+        WriteOp::ImportRows { .. } | WriteOp::SetTimestamps { .. } => WriteOut::Done,
     })
 }
 
@@ -731,6 +803,74 @@ impl<B: Backend> StorageDb for B {
         max_rows: u32,
     ) -> ApiResult<PurgeStats> {
         Backend::purge_expired_chunk(self, now, max_rows).await
+    }
+
+    async fn count_expired(&self, now: SyncTimestamp) -> ApiResult<PurgeStats> {
+        match self.read(ReadOp::Expired(now)).await? {
+            ReadOut::Expired(stats) => Ok(stats),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn summary(&self, user: &UserId) -> ApiResult<UserSummary> {
+        match self.read(ReadOp::Summary(user.clone())).await? {
+            ReadOut::Summary(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn users_after(&self, after: u64, limit: u32) -> ApiResult<Vec<u64>> {
+        match self.read(ReadOp::Users { after, limit }).await? {
+            ReadOut::Users(u) => Ok(u),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn rows_after(
+        &self,
+        user: &UserId,
+        collection: &str,
+        after: Option<String>,
+        limit: u32,
+    ) -> ApiResult<Vec<StoredBso>> {
+        let op = ReadOp::Rows {
+            user: user.clone(),
+            collection: collection.to_owned(),
+            after,
+            limit,
+        };
+        match self.read(op).await? {
+            ReadOut::Rows(rows) => Ok(rows),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn import_rows(
+        &self,
+        user: &UserId,
+        collection: &str,
+        rows: Vec<StoredBso>,
+    ) -> ApiResult<()> {
+        let op = WriteOp::ImportRows {
+            user: user.clone(),
+            collection: collection.to_owned(),
+            rows,
+        };
+        self.write(op).await.map(|_| ())
+    }
+
+    async fn set_timestamps(
+        &self,
+        user: &UserId,
+        collections: Vec<(String, i64)>,
+        tombstone: i64,
+    ) -> ApiResult<()> {
+        let op = WriteOp::SetTimestamps {
+            user: user.clone(),
+            collections,
+            tombstone,
+        };
+        self.write(op).await.map(|_| ())
     }
 
     fn pool_state(&self) -> PoolState {

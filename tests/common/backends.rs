@@ -345,6 +345,32 @@ pub fn check_engine_tags() {
     }
 }
 
+/// Whether a test may use `engine` besides the one under test (a copy to another engine):
+/// true when reachable; a required engine that is not fails the test; otherwise a NOTE says
+/// what did not run.
+pub fn other_engine_available(engine: &str, what: &str) -> bool {
+    if engine == "sqlite" {
+        return true;
+    }
+    let url = server_url(engine);
+    if reachable(&url) {
+        return true;
+    }
+    let required = std::env::var("SYNC_TEST_REQUIRE_BACKENDS")
+        .unwrap_or_default()
+        .split(',')
+        .any(|e| e.trim() == engine);
+    assert!(
+        !required,
+        "{engine} is required (SYNC_TEST_REQUIRE_BACKENDS) but not reachable at {url}"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nNOTE: {engine} is not reachable at {url}: {what} did NOT run."
+    );
+    false
+}
+
 /// Runs this whole test binary again against `engine` (skipping the matrix tests and the tests
 /// whose tags exclude the engine, running the "not on SQLite" ones that apply to it), or says
 /// plainly that it cannot. A no-op inside such a re-run.

@@ -104,6 +104,8 @@ pub trait BatchTables: Send {
         cid: i32,
     ) -> impl Future<Output = ApiResult<()>> + Send;
     fn drop_user_batches(&mut self, uid: i64) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Expired batches of every user.
+    fn count_expired_batches(&mut self, now: i64) -> impl Future<Output = ApiResult<i64>> + Send;
     /// One purge step over every user's batches: (batches, staged records) deleted, each at
     /// most `max_rows`.
     fn purge_batches(

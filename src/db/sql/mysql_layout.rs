@@ -134,6 +134,14 @@ macro_rules! mysql_layout {
                 /// Up to `max_rows` staged records of expired batches, or when none is left, up to
                 /// `max_rows` expired batches. Batch ids start with their creation ms, so the
                 /// primary keys find both.
+                async fn count_expired_batches(&mut self, now: i64) -> ApiResult<i64> {
+                    let cutoff = now - batch_id::BATCH_LIFETIME_MS - 10;
+                    Ok(batch_uploads::table
+                        .filter(batch_uploads::batch.lt(cutoff))
+                        .count()
+                        .get_result(&mut *self.0)$($aw)*?)
+                }
+
                 async fn purge_batches(
                     &mut self,
                     now: i64,

@@ -320,6 +320,54 @@ macro_rules! sql_statements {
                     Ok(out)
                 }
 
+                async fn expired_counts(&mut self, now: SyncTimestamp) -> ApiResult<PurgeStats> {
+                    let records: i64 = bso::table
+                        .filter(bso::ttl.le(Ms(now.as_i64())))
+                        .count()
+                        .get_result(&mut *self.0)$($aw)*?;
+                    let batches = self.count_expired_batches(now.as_i64()).await?;
+                    Ok(PurgeStats {
+                        bsos: records as usize,
+                        batches: batches as usize,
+                        staged: 0,
+                    })
+                }
+
+                async fn users_after(&mut self, after: u64, limit: u32) -> ApiResult<Vec<u64>> {
+                    let rows: Vec<i64> = user_collections::table
+                        .filter(user_collections::userid.gt(after.min(i64::MAX as u64) as i64))
+                        .select(user_collections::userid)
+                        .distinct()
+                        .order(user_collections::userid.asc())
+                        .limit(i64::from(limit))
+                        .load(&mut *self.0)$($aw)*?;
+                    Ok(rows.into_iter().map(|u| u as u64).collect())
+                }
+
+                async fn rows_after(
+                    &mut self,
+                    uid: &i64,
+                    cid: i32,
+                    after: Option<&str>,
+                    limit: u32,
+                ) -> ApiResult<Vec<StoredBso>> {
+                    let mut query = bso::table
+                        .filter(bso::userid.eq(*uid))
+                        .filter(bso::collection.eq(cid))
+                        .into_boxed();
+                    if let Some(after) = after {
+                        query = query.filter(bso::id.gt(after.to_owned()));
+                    }
+                    Ok(query
+                        .order(bso::id.asc())
+                        .limit(i64::from(limit))
+                        .select(BSO_COLUMNS)
+                        .load::<BsoRow>(&mut *self.0)$($aw)*?
+                        .into_iter()
+                        .map(stored)
+                        .collect())
+                }
+
                 async fn find_batch(&mut self, scope: &Scope<i64>, id: &str) -> ApiResult<Batch> {
                     BatchTables::find_batch(self, scope, id).await
                 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use super::admin::{AdminOp, AdminOut};
 use super::{SelfNode, Service, TokenserverDb, TsResult, UserLookup, UserRecord, UserUpdate};
 use crate::db::pooled::{Pooled, ServerConn, Unit, UnitError};
 use crate::db::sql::PoolSettings;
@@ -57,6 +58,7 @@ pub fn open(url: &str, pool: &PoolSettings) -> Result<super::SharedTokenserverDb
 
 mod sqlite_ops {
     crate::tokenserver::db::ops::tokenserver_ops!(conn = diesel::SqliteConnection, run = diesel::RunQueryDsl, [] [] [] last_insert_id = "last_insert_rowid()");
+    crate::tokenserver::db::admin::tokenserver_admin_ops!(conn = diesel::SqliteConnection, run = diesel::RunQueryDsl, [] [] reseed = []);
 }
 
 pub struct SqliteTokenserverDb {
@@ -125,6 +127,10 @@ impl TokenserverDb for SqliteTokenserverDb {
             Ok(sqlite_ops::raise_generation(c, service, &email, generation).map(|_| ())?)
         })
         .await
+    }
+    async fn admin(&self, op: AdminOp) -> TsResult<AdminOut> {
+        self.unit(move |c| Ok(sqlite_ops::admin::admin(c, &op)?))
+            .await
     }
     async fn check(&self) -> TsResult<()> {
         self.unit(|c| Ok(sqlite_ops::ping(c).map(|_| ())?)).await
@@ -259,6 +265,14 @@ macro_rules! pooled_tokenserver_db {
                 })
                 .await
             }
+            async fn admin(&self, op: AdminOp) -> TsResult<AdminOut> {
+                self.unit(move |c: &mut $Conn| {
+                    let op = op.clone();
+                    Box::pin(async move { Ok($ops::admin::admin(c, &op).await?) })
+                        as BoxFuture<'_, _>
+                })
+                .await
+            }
             async fn check(&self) -> TsResult<()> {
                 self.unit(|c: &mut $Conn| {
                     Box::pin(async move {
@@ -277,10 +291,16 @@ macro_rules! pooled_tokenserver_db {
 
 mod mysql_ops {
     crate::tokenserver::db::ops::tokenserver_ops!(conn = diesel_async::AsyncMysqlConnection, run = diesel_async::RunQueryDsl, [async] [.await] [for_update] last_insert_id = "CAST(LAST_INSERT_ID() AS SIGNED)");
+    crate::tokenserver::db::admin::tokenserver_admin_ops!(conn = diesel_async::AsyncMysqlConnection, run = diesel_async::RunQueryDsl, [async] [.await] reseed = []);
 }
 
 mod postgres_ops {
     crate::tokenserver::db::ops::tokenserver_ops!(conn = diesel_async::AsyncPgConnection, run = diesel_async::RunQueryDsl, [async] [.await] [for_update] last_insert_id = "lastval()");
+    crate::tokenserver::db::admin::tokenserver_admin_ops!(conn = diesel_async::AsyncPgConnection, run = diesel_async::RunQueryDsl, [async] [.await] reseed = [
+        "SELECT setval(pg_get_serial_sequence('services', 'id'), GREATEST((SELECT MAX(id) FROM services), 1))",
+        "SELECT setval(pg_get_serial_sequence('nodes', 'id'), GREATEST((SELECT MAX(id) FROM nodes), 1))",
+        "SELECT setval(pg_get_serial_sequence('users', 'uid'), GREATEST((SELECT MAX(uid) FROM users), 1))"
+    ]);
 }
 
 pooled_tokenserver_db!(diesel_async::AsyncMysqlConnection, mysql_ops);

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::tokenserver::users::NewRow;
 
+pub mod admin;
 pub mod backends;
 pub mod ops;
 pub mod schema;
@@ -107,6 +108,8 @@ pub trait TokenserverDb: Send + Sync {
     async fn retire_user(&self, service: i32, email: &str, now_ms: i64) -> TsResult<()>;
     /// Password change: raises the generation of unreplaced rows, never lowering it (webhook).
     async fn raise_generation(&self, service: i32, email: &str, generation: i64) -> TsResult<()>;
+    /// One operator operation (`syncserver node|user|purge-replaced|copy`), one transaction.
+    async fn admin(&self, op: admin::AdminOp) -> TsResult<admin::AdminOut>;
     /// Whether the database answers (`__heartbeat__`).
     async fn check(&self) -> TsResult<()>;
     /// Its connection pool, for the metrics.
