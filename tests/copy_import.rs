@@ -394,16 +394,15 @@ async fn an_interrupted_copy_resumes_and_ends_with_the_same_data() {
     // Killed once the first user (421 rows) is done and the second is half-way.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let rows = std::path::Path::new(&db_path)
-            .exists()
-            .then(|| {
-                let mut conn = connect(&url);
-                sql_query("SELECT COUNT(*) AS v FROM bso")
-                    .get_result::<Num>(&mut conn)
-                    .map(|n| n.v)
-                    .unwrap_or(0)
-            })
-            .unwrap_or(0);
+        let rows = if std::path::Path::new(&db_path).exists() {
+            let mut conn = connect(&url);
+            sql_query("SELECT COUNT(*) AS v FROM bso")
+                .get_result::<Num>(&mut conn)
+                .map(|n| n.v)
+                .unwrap_or(0)
+        } else {
+            0
+        };
         if rows >= 650 {
             break;
         }
