@@ -444,3 +444,313 @@ async fn an_interrupted_copy_resumes_and_ends_with_the_same_data() {
     );
     assert_eq!(dump(&url), source);
 }
+
+// ---- import-legacy ----
+
+/// The Python syncserver's tables (LEGACY.md 2.2, 2.3, 3.1) in this dialect: the unsharded
+/// `bso` and one shard table (a database switched to sharding), staticnode's `users`. The
+/// SQLite file is an old one (before 2020): its `users` has no keys_changed_at nor node.
+fn legacy_schema(engine: &str) -> String {
+    let (payload, uid, options) = match engine {
+        "mysql" => (
+            "MEDIUMTEXT",
+            "INTEGER NOT NULL AUTO_INCREMENT",
+            " ENGINE=InnoDB DEFAULT CHARSET=latin1",
+        ),
+        "postgres" => ("TEXT", "SERIAL", ""),
+        _ => ("TEXT", "INTEGER NOT NULL", ""),
+    };
+    let bso = |name: &str| {
+        format!(
+            "CREATE TABLE {name} (userid INTEGER NOT NULL, collection INTEGER NOT NULL, \
+             id VARCHAR(64) NOT NULL, sortindex INTEGER, modified BIGINT NOT NULL, \
+             payload {payload} NOT NULL, payload_size INTEGER DEFAULT 0 NOT NULL, \
+             ttl INTEGER DEFAULT 2100000000 NOT NULL, PRIMARY KEY (userid, collection, id)){options};"
+        )
+    };
+    let token_columns = if engine == "sqlite" {
+        ""
+    } else {
+        ", keys_changed_at BIGINT, node VARCHAR(255)"
+    };
+    format!(
+        "CREATE TABLE collections (collectionid INTEGER NOT NULL, name VARCHAR(32) NOT NULL, \
+         PRIMARY KEY (collectionid), UNIQUE (name)){options};
+         CREATE TABLE user_collections (userid INTEGER NOT NULL, collection INTEGER NOT NULL, \
+         last_modified BIGINT NOT NULL, PRIMARY KEY (userid, collection)){options};
+         CREATE TABLE batch_uploads (batch BIGINT NOT NULL, userid INTEGER NOT NULL, \
+         collection INTEGER NOT NULL, PRIMARY KEY (batch, userid)){options};
+         CREATE TABLE batch_upload_items (batch BIGINT NOT NULL, userid INTEGER NOT NULL, \
+         id VARCHAR(64) NOT NULL, sortindex INTEGER, payload {payload}, payload_size INTEGER, \
+         ttl_offset INTEGER, PRIMARY KEY (batch, userid, id)){options};
+         {}
+         {}
+         CREATE TABLE users (uid {uid}, service VARCHAR(32) NOT NULL, email VARCHAR(255) NOT NULL, \
+         generation BIGINT NOT NULL, client_state VARCHAR(32) NOT NULL, created_at BIGINT NOT NULL, \
+         replaced_at BIGINT{token_columns}, PRIMARY KEY (uid)){options};",
+        bso("bso"),
+        bso("bso3")
+    )
+}
+
+const FXA_UID: &str = "0123456789abcdef0123456789abcdef";
+/// 2020-09-13, on the 10 ms grid as the Python server wrote it.
+const T0: i64 = 1_600_000_000_000;
+
+/// Rows as the Python server left them. uid 7 is the account's current row (uid 6 replaced by
+/// a key change); uid 8 a retired account; uid 9 another service. Of uid 7's 40 bookmarks, 5
+/// have expired; its history is in the shard table; `clients` has a timestamp and no records.
+fn legacy_rows(engine: &str, now_s: i64) -> String {
+    let email = format!("{FXA_UID}@api.accounts.firefox.com");
+    let kca = |v: &str| {
+        if engine == "sqlite" {
+            String::new()
+        } else {
+            format!(", {v}")
+        }
+    };
+    let kca_col = if engine == "sqlite" {
+        ""
+    } else {
+        ", keys_changed_at"
+    };
+    let mut sql = format!(
+        "INSERT INTO collections (collectionid, name) VALUES (1, 'meta'), (2, 'crypto'), \
+         (3, 'clients'), (4, 'bookmarks'), (5, 'history'), (6, 'custom-legacy');
+         INSERT INTO users (uid, service, email, generation, client_state, created_at, replaced_at{kca_col}) VALUES \
+         (6, 'sync-1.5', '{email}', 1000, 'bbbb', 1000, 2000{}), \
+         (7, 'sync-1.5', '{email}', 1234, 'aaaa', 2000, NULL{}), \
+         (8, 'sync-1.5', 'fedcba9876543210fedcba9876543210@api.accounts.firefox.com', 9223372036854775807, '', 500, 600{}), \
+         (9, 'sync-1.1', '{email}', 1, '', 100, NULL{});
+         INSERT INTO user_collections (userid, collection, last_modified) VALUES \
+         (7, 1, {T0}), (7, 3, {}), (7, 4, {}), (7, 5, {}), (7, 6, {}), (6, 4, {T0});
+         INSERT INTO bso (userid, collection, id, sortindex, modified, payload, payload_size, ttl) VALUES \
+         (7, 1, 'global', NULL, {T0}, '{{\"syncID\":\"m\"}}', 13, 2100000000), \
+         (6, 4, 'old1', NULL, {T0}, 'old keys', 8, 2100000000), \
+         (6, 4, 'old2', NULL, {T0}, 'old keys', 8, 2100000000)",
+        kca("0"),
+        kca("1234"),
+        kca("NULL"),
+        kca("NULL"),
+        T0 + 50_000,
+        T0 + 100_000,
+        T0 + 200_000,
+        T0 + 300_000,
+    );
+    for i in 0..40 {
+        let ttl = if i < 5 { 1_000_000_000 } else { 2_100_000_000 };
+        let sortindex = if i % 2 == 0 {
+            i.to_string()
+        } else {
+            "NULL".into()
+        };
+        let payload = if i % 3 == 0 {
+            format!("bm{i} été")
+        } else {
+            format!("bm{i}")
+        };
+        sql += &format!(
+            ", (7, 4, 'b{i:02}', {sortindex}, {}, '{payload}', 0, {ttl})",
+            T0 + i * 10
+        );
+    }
+    for i in 0..3 {
+        sql += &format!(
+            ", (7, 6, 'c{i}', NULL, {}, 'custom', 6, 2100000000)",
+            T0 + 300_000
+        );
+    }
+    sql += ";\nINSERT INTO bso3 (userid, collection, id, sortindex, modified, payload, payload_size, ttl) VALUES ";
+    let history: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                "(7, 5, 'h{i}', NULL, {}, 'visit', 5, {})",
+                T0 + 200_000,
+                now_s + 3600
+            )
+        })
+        .collect();
+    sql += &history.join(", ");
+    sql + ";"
+}
+
+#[tokio::test]
+async fn a_legacy_syncserver_database_imports_and_its_user_syncs_again() {
+    let env_fxa = common::fxa::FakeFxa::start();
+    let fxa_url = env_fxa.url.clone();
+    let server = TestServer::start_with(move |s| {
+        s.tokenserver.enabled = true;
+        s.tokenserver.fxa_oauth_server_url = fxa_url;
+    })
+    .await;
+    let engine = engine_of(&server.database_url);
+    let now_s = now_ms() / 1000;
+
+    // The legacy database on the same engine, as the Python server's settings name it.
+    let legacy_dir = tempfile::tempdir().unwrap();
+    let (legacy_url, _legacy_db) = if engine == "sqlite" {
+        let path = legacy_dir.path().join("syncserver.db");
+        let mut conn = connect(&format!("sqlite:{}", path.display()));
+        if let AnyConnection::Sqlite(c) = &mut conn {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute(&legacy_schema("sqlite")).unwrap();
+            c.batch_execute(&legacy_rows("sqlite", now_s)).unwrap();
+        }
+        (format!("sqlite:///{}", path.display()), None)
+    } else {
+        let db =
+            ScratchDatabase::create_named(engine, format!("sync_legacy_{}", std::process::id()));
+        common::backends::admin_exec(&db.url, &legacy_schema(engine));
+        common::backends::admin_exec(&db.url, &legacy_rows(engine, now_s));
+        let scheme = if engine == "mysql" {
+            "pymysql"
+        } else {
+            "postgresql"
+        };
+        let rest = db.url.split_once("://").unwrap().1.to_owned();
+        (format!("{scheme}://{rest}"), Some(db))
+    };
+    let import = |args: &[&str]| {
+        let mut cmd = command(
+            server.dir.path(),
+            &server.database_url,
+            &server.tokenserver_database_url,
+        );
+        cmd.args(["import-legacy", "--from", &legacy_url])
+            .args(args);
+        let out = succeed(cmd);
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let before = user_rows(
+        server.dir.path(),
+        &server.database_url,
+        &server.tokenserver_database_url,
+    );
+    let dry = import(&["--dry-run"]);
+    assert!(
+        dry.contains(
+            "would import: 2 token rows (1 accounts; 1 retired rows skipped), 1 users' storage: \
+             5 collections, 49 records (5 expired records skipped)"
+        ),
+        "{dry}"
+    );
+    assert_eq!(
+        user_rows(
+            server.dir.path(),
+            &server.database_url,
+            &server.tokenserver_database_url
+        ),
+        before,
+        "a dry run writes nothing"
+    );
+
+    let done = import(&[]);
+    assert!(done.contains("imported: 2 token rows"), "{done}");
+    let shown: Value = {
+        let mut cmd = command(
+            server.dir.path(),
+            &server.database_url,
+            &server.tokenserver_database_url,
+        );
+        cmd.args(["user", "show", FXA_UID, "--json"]);
+        serde_json::from_slice(&succeed(cmd).stdout).unwrap()
+    };
+    let rows = shown["rows"].as_array().unwrap();
+    let summary: Vec<(i64, i64, &str, Option<i64>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["uid"].as_i64().unwrap(),
+                r["generation"].as_i64().unwrap(),
+                r["client_state"].as_str().unwrap(),
+                r["replaced_at"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(7, 1234, "aaaa", None), (6, 1000, "bbbb", Some(2000))]
+    );
+
+    // The user's client reads what the Python server served: timestamps and records.
+    let user = server.user(7);
+    let info = user.get("/info/collections").await;
+    assert_eq!(
+        info.json(),
+        json!({
+            "meta": 1600000000.0, "clients": 1600000050.0, "bookmarks": 1600000100.0,
+            "history": 1600000200.0, "custom-legacy": 1600000300.0
+        })
+    );
+    assert_eq!(info.header("X-Last-Modified"), Some("1600000300.00"));
+    let bookmarks = user
+        .get("/storage/bookmarks?full=1&sort=oldest")
+        .await
+        .json();
+    let bookmarks = bookmarks.as_array().unwrap();
+    assert_eq!(bookmarks.len(), 35, "the 5 expired ones are not imported");
+    for b in bookmarks {
+        let i: i64 = b["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert!(i >= 5);
+        assert_eq!(json_ts(&b["modified"]) as i64, T0 + i * 10);
+        let payload = if i % 3 == 0 {
+            format!("bm{i} été")
+        } else {
+            format!("bm{i}")
+        };
+        assert_eq!(b["payload"], payload);
+        assert_eq!(b["sortindex"].as_i64(), (i % 2 == 0).then_some(i));
+    }
+    assert_eq!(
+        user.get("/storage/history")
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    let meta = user.get("/storage/meta/global").await.json();
+    assert_eq!(meta["payload"], "{\"syncID\":\"m\"}");
+    // Nothing is newer than the client's last sync: it uploads nothing again.
+    let fresh = user.get("/storage/bookmarks?newer=1600000100.00").await;
+    assert_eq!(fresh.json(), json!([]));
+    // The replaced row's storage (old keys) stays behind unless asked for.
+    assert_eq!(
+        server.user(6).get("/info/collections").await.json(),
+        json!({})
+    );
+
+    // Firefox asks the tokenserver and gets its old uid back.
+    let bearer = common::fxa::Signer::shared(0).access_token(FXA_UID, Some(1234));
+    let r = send_rb(
+        server
+            .client
+            .get(format!("{}/1.0/sync/1.5", server.base))
+            .header("Authorization", format!("Bearer {bearer}"))
+            .header("X-KeyID", "1234-qqo"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["uid"], 7);
+    assert!(
+        r.json()["api_endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/1.5/7")
+    );
+
+    // Again, with the replaced row's storage: the rest stays as it was.
+    let again = import(&["--include-replaced"]);
+    assert!(again.contains("2 users' storage"), "{again}");
+    assert_eq!(
+        server
+            .user(6)
+            .get("/storage/bookmarks?sort=oldest")
+            .await
+            .json(),
+        json!(["old1", "old2"])
+    );
+    assert_eq!(user.get("/info/collections").await.json(), info.json());
+}
