@@ -117,9 +117,10 @@ enum Command {
         pause_ms: u64,
     },
     /// Copy every user's storage and the tokenserver rows to another database (SQLite,
-    /// MySQL/MariaDB, PostgreSQL), verified user by user. Resumable: run it again after an
-    /// interruption and it continues. Stop the server (or expect users it changes meanwhile
-    /// to be reported and copied again by the next run).
+    /// MySQL/MariaDB, PostgreSQL, Spanner), verified user by user. Resumable: run it again
+    /// after an interruption and it continues. Stop the server (or expect users it changes
+    /// meanwhile to be reported and copied again by the next run). With Spanner on a side the
+    /// users are the tokenserver's rows (--tokenserver-from when Spanner is the source).
     ///
     /// Example: syncserver copy --from sqlite:data/syncserver.db --to postgres://sync:pw@localhost/sync
     Copy {

@@ -1,7 +1,9 @@
 //! `syncserver copy --from URL --to URL`: every user's storage and the tokenserver's rows from
-//! one database to another, on any pair of SQL engines.
+//! one database to another: SQLite, MySQL/MariaDB, PostgreSQL and Spanner, any direction.
 //!
-//! Streaming: users are walked in uid order a page at a time, and each collection's rows a
+//! Streaming: users are walked in uid order a page at a time (the storage's own users between
+//! SQL engines; the tokenserver's rows when Spanner is a side, as it keys storage by FxA uid and
+//! key id, which each row gives), and each collection's rows a
 //! chunk at a time, each chunk one transaction; memory does not grow with the data.
 //! Resumable without a state file: a user whose data on the target already equals the
 //! source's (`UserSummary`: per collection its timestamp, rows and bytes, and the tombstone) is
@@ -59,15 +61,9 @@ pub fn run(settings: Settings, options: CopyOptions) -> Result<(), String> {
     if options.from == options.to {
         return Err("copy: --from and --to are the same database".into());
     }
-    for url in [&options.from, &options.to] {
-        if crate::db::spanner::is_spanner_url(url) {
-            return Err(format!(
-                "copy: {}: Spanner keys storage by FxA uid and key id; copy supports SQLite, \
-                 MySQL/MariaDB and PostgreSQL",
-                redact_url(url)
-            ));
-        }
-    }
+    let spanner = [&options.from, &options.to]
+        .iter()
+        .any(|u| crate::db::spanner::is_spanner_url(u));
     if sqlite_file_missing(&options.from) {
         return Err(format!(
             "copy: {} does not exist",
@@ -88,34 +84,53 @@ pub fn run(settings: Settings, options: CopyOptions) -> Result<(), String> {
         redact_url(&options.to)
     );
 
+    let ts_from = options
+        .tokenserver_from
+        .clone()
+        .or_else(|| default_tokenserver_url(&options.from))
+        .filter(|url| !sqlite_file_missing(url));
+    let ts_source = match &ts_from {
+        Some(url) => Some(open_tokenserver(&rt, &settings, url, false)?),
+        None => None,
+    };
+    if spanner && ts_source.is_none() {
+        return Err(
+            "copy: with Spanner on either side the users are the tokenserver's rows: \
+                    give --tokenserver-from URL (their database)"
+                .into(),
+        );
+    }
     if !options.skip_tokenserver {
-        let from = options
-            .tokenserver_from
-            .clone()
-            .or_else(|| default_tokenserver_url(&options.from));
         let to = options
             .tokenserver_to
             .clone()
             .or_else(|| default_tokenserver_url(&options.to));
-        match (from, to) {
-            (Some(from), _) if sqlite_file_missing(&from) => eprintln!(
-                "syncserver: no tokenserver database at {}: storage only",
-                redact_url(&from)
-            ),
-            (Some(from), Some(to)) => {
-                let src = open_tokenserver(&rt, &settings, &from, false)?;
+        match (&ts_source, to) {
+            (Some(src), Some(to)) if Some(&to) != ts_from.as_ref() => {
                 let dst = open_tokenserver(&rt, &settings, &to, true)?;
                 let n = rt.block_on(copy_tokenserver(src.as_ref(), &dst))?;
                 eprintln!("syncserver: tokenserver: {n} rows copied, every row verified");
             }
-            _ => eprintln!("syncserver: no tokenserver database named: storage only"),
+            (Some(_), Some(_)) => {
+                eprintln!("syncserver: tokenserver: the same database on both sides, kept")
+            }
+            (None, _) => eprintln!("syncserver: no tokenserver database found: storage only"),
+            (Some(_), None) => eprintln!(
+                "syncserver: no tokenserver database named for the target (--tokenserver-to): \
+                 storage only"
+            ),
         }
     }
 
+    let walk = match (&ts_source, spanner) {
+        (Some(ts), true) => Walk::TokenRows(ts.as_ref()),
+        _ => Walk::StorageUids,
+    };
     let report = rt.block_on(copy_storage(
         source.as_ref(),
         target.as_ref(),
         options.rows_per_chunk.max(1),
+        walk,
     ))?;
     eprintln!(
         "syncserver: storage: {} users ({} copied, {} already there), {} records in {:.1} s",
@@ -211,21 +226,52 @@ struct Report {
     elapsed: Duration,
 }
 
+/// How the users are found.
+enum Walk<'a> {
+    /// The storage's own uids (SQL engines).
+    StorageUids,
+    /// Every tokenserver row's storage (Spanner on a side).
+    TokenRows(&'a dyn crate::tokenserver::db::TokenserverDb),
+}
+
+impl Walk<'_> {
+    /// The next page of users after `after` (a uid), and the uid to continue after.
+    async fn page(&self, source: &dyn StorageDb, after: u64) -> Result<Vec<UserId>, String> {
+        match self {
+            Walk::StorageUids => Ok(source
+                .users_after(after, USERS_PER_PAGE)
+                .await
+                .map_err(|e| e.message)?
+                .into_iter()
+                .map(UserId::from_uid)
+                .collect()),
+            Walk::TokenRows(ts) => {
+                let op = AdminOp::Users {
+                    after: after.min(i64::MAX as u64) as i64,
+                    limit: i64::from(USERS_PER_PAGE),
+                };
+                match call(*ts, op).await? {
+                    AdminOut::Users(rows) => Ok(rows.iter().map(|r| r.storage_user()).collect()),
+                    _ => Err("unexpected answer".into()),
+                }
+            }
+        }
+    }
+}
+
 async fn copy_storage(
     source: &dyn StorageDb,
     target: &dyn StorageDb,
     chunk: u32,
+    walk: Walk<'_>,
 ) -> Result<Report, String> {
     let started = Instant::now();
     let mut total = 0u64;
     let mut after = 0;
     loop {
-        let page = source
-            .users_after(after, USERS_PER_PAGE)
-            .await
-            .map_err(|e| e.message)?;
+        let page = walk.page(source, after).await?;
         let Some(last) = page.last() else { break };
-        after = *last;
+        after = last.legacy_id;
         total += page.len() as u64;
     }
     let bar = ProgressBar::new(total).with_style(
@@ -237,16 +283,18 @@ async fn copy_storage(
     let mut report = Report::default();
     let mut after = 0;
     loop {
-        let page = source
-            .users_after(after, USERS_PER_PAGE)
-            .await
-            .map_err(|e| e.message)?;
+        let page = walk.page(source, after).await?;
         let Some(last) = page.last() else { break };
-        after = *last;
-        for uid in page {
-            let user = UserId::from_uid(uid);
+        after = last.legacy_id;
+        for user in page {
+            let uid = user.legacy_id;
             let wanted = source.summary(&user).await.map_err(|e| e.message)?;
             let there = target.summary(&user).await.map_err(|e| e.message)?;
+            bar.inc(1);
+            if wanted.is_empty() && there.is_empty() {
+                // A token row without storage (a replaced key, a batch never committed).
+                continue;
+            }
             report.users += 1;
             if wanted == there {
                 report.already += 1;
@@ -260,7 +308,6 @@ async fn copy_storage(
                 }
             }
             bar.set_message(report.records.to_string());
-            bar.inc(1);
         }
     }
     bar.finish_and_clear();

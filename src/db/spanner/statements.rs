@@ -468,24 +468,33 @@ impl<T: DerefMut<Target = Transaction> + Send> ReadTx for SpannerTx<'_, T> {
         })
     }
 
-    /// Spanner keys users by FxA uid and key id, not by a uid the copy could walk.
+    /// Spanner keys users by FxA uid and key id, not by a uid: `copy` walks the tokenserver's
+    /// rows instead.
     async fn users_after(&mut self, _after: u64, _limit: u32) -> ApiResult<Vec<u64>> {
-        Err(not_for_spanner())
+        Err(ApiError::internal(
+            "Spanner storage is not walked by uid (copy walks the tokenserver rows)",
+        ))
     }
 
     async fn rows_after(
         &mut self,
-        _user: &UserId,
-        _cid: i32,
-        _after: Option<&str>,
-        _limit: u32,
+        user: &UserId,
+        cid: i32,
+        after: Option<&str>,
+        limit: u32,
     ) -> ApiResult<Vec<StoredBso>> {
-        Err(not_for_spanner())
+        let mut stmt = collection_stmt(
+            &format!(
+                "SELECT {BSO_COLUMNS} FROM bsos WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid \
+                 AND collection_id = @cid AND bso_id > @after ORDER BY bso_id LIMIT @limit"
+            ),
+            user,
+            cid,
+        );
+        stmt.add_param("after", &after.unwrap_or(""));
+        stmt.add_param("limit", &i64::from(limit));
+        self.rows(stmt).await?.iter().map(stored).collect()
     }
-}
-
-fn not_for_spanner() -> ApiError {
-    ApiError::internal("copy and import do not read or write Spanner yet")
 }
 
 impl WriteTx for SpannerTx<'_, ReadWriteTransaction> {
