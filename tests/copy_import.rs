@@ -812,3 +812,115 @@ async fn a_legacy_syncserver_database_imports_and_its_user_syncs_again() {
     );
     assert_eq!(user.get("/info/collections").await.json(), info.json());
 }
+
+/// A Python server whose token side was tokenserver's sqlnode (services, nodes, users with an
+/// integer service and nodeid): the current row is the one with the highest generation, and
+/// only its storage comes over.
+#[tokio::test]
+async fn a_sqlnode_legacy_database_imports_by_generation() {
+    let server = TestServer::start().await;
+    let engine = engine_of(&server.database_url);
+    let storage = legacy_schema(engine);
+    let storage = &storage[..storage.find("CREATE TABLE users").unwrap()];
+    let big = if engine == "mysql" {
+        "BIGINT NOT NULL AUTO_INCREMENT"
+    } else {
+        "BIGINT NOT NULL"
+    };
+    let schema = format!(
+        "{storage}
+         CREATE TABLE services (id INTEGER NOT NULL, service VARCHAR(30), pattern VARCHAR(128), PRIMARY KEY (id));
+         CREATE TABLE nodes (id {big}, service INTEGER NOT NULL, node VARCHAR(64) NOT NULL, \
+         available INTEGER NOT NULL, current_load INTEGER NOT NULL, capacity INTEGER NOT NULL, \
+         downed INTEGER NOT NULL, backoff INTEGER NOT NULL, PRIMARY KEY (id));
+         CREATE TABLE users (uid {big}, service INTEGER NOT NULL, email VARCHAR(255) NOT NULL, \
+         generation BIGINT NOT NULL, client_state VARCHAR(32) NOT NULL, created_at BIGINT NOT NULL, \
+         replaced_at BIGINT, nodeid BIGINT NOT NULL, keys_changed_at BIGINT, PRIMARY KEY (uid));"
+    );
+    let a = format!("{FXA_UID}@api.accounts.firefox.com");
+    let rows = format!(
+        "INSERT INTO services (id, service, pattern) VALUES (1, 'sync-1.5', '{{node}}/1.5/{{uid}}'), \
+         (2, 'sync-1.1', '{{node}}/1.1/{{uid}}');
+         INSERT INTO nodes (id, service, node, available, current_load, capacity, downed, backoff) \
+         VALUES (1, 1, 'https://old.example.com', 10, 2, 100, 0, 0);
+         INSERT INTO users (uid, service, email, generation, client_state, created_at, replaced_at, \
+         nodeid, keys_changed_at) VALUES \
+         (20, 1, '{a}', 5000, 'cccc', 3000, NULL, 1, 5000), \
+         (21, 1, '{a}', 4000, 'dddd', 4000, NULL, 1, 4000), \
+         (22, 1, 'fedcba9876543210fedcba9876543210@api.accounts.firefox.com', 9223372036854775807, '', 10, 20, 1, NULL), \
+         (23, 2, '{a}', 1, '', 1, NULL, 1, NULL);
+         INSERT INTO collections (collectionid, name) VALUES (1, 'bookmarks');
+         INSERT INTO user_collections (userid, collection, last_modified) VALUES (20, 1, {T0}), (21, 1, {T0});
+         INSERT INTO bso (userid, collection, id, sortindex, modified, payload, payload_size, ttl) VALUES \
+         (20, 1, 'kept', NULL, {T0}, 'current keys', 12, 2100000000), \
+         (21, 1, 'stale', NULL, {T0}, 'a lost race', 11, 2100000000);"
+    );
+    let legacy_dir = tempfile::tempdir().unwrap();
+    let (legacy_url, _db) = if engine == "sqlite" {
+        let path = legacy_dir.path().join("sqlnode.db");
+        let mut conn = connect(&format!("sqlite:{}", path.display()));
+        if let AnyConnection::Sqlite(c) = &mut conn {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute(&schema).unwrap();
+            c.batch_execute(&rows).unwrap();
+        }
+        (format!("sqlite:{}", path.display()), None)
+    } else {
+        let db =
+            ScratchDatabase::create_named(engine, format!("sync_sqlnode_{}", std::process::id()));
+        common::backends::admin_exec(&db.url, &schema);
+        common::backends::admin_exec(&db.url, &rows);
+        (db.url.clone(), Some(db))
+    };
+    let mut cmd = command(
+        server.dir.path(),
+        &server.database_url,
+        &server.tokenserver_database_url,
+    );
+    cmd.args([
+        "import-legacy",
+        "--from",
+        &legacy_url,
+        "--node",
+        "https://sync.example.com",
+    ]);
+    let out = String::from_utf8(succeed(cmd).stdout).unwrap();
+    assert!(
+        out.contains("imported: 2 token rows (1 accounts; 1 retired rows skipped), 1 users' storage: 1 collections, 1 records"),
+        "{out}"
+    );
+    assert_eq!(
+        server.user(20).get("/storage/bookmarks").await.json(),
+        json!(["kept"])
+    );
+    assert_eq!(
+        server.user(21).get("/storage/bookmarks").await.json(),
+        json!([])
+    );
+    let listed = user_rows(
+        server.dir.path(),
+        &server.database_url,
+        &server.tokenserver_database_url,
+    );
+    let uids: Vec<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(uids, vec![20, 21]);
+    let mut cmd = command(
+        server.dir.path(),
+        &server.database_url,
+        &server.tokenserver_database_url,
+    );
+    cmd.args(["node", "list", "--json"]);
+    let nodes: Value = serde_json::from_slice(&succeed(cmd).stdout).unwrap();
+    let node = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "https://sync.example.com")
+        .unwrap();
+    assert_eq!(node["users"], 2, "{nodes}");
+}

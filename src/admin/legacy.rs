@@ -327,26 +327,34 @@ pub fn run(settings: Settings, options: ImportOptions) -> Result<(), String> {
 
     // The token rows.
     let mut totals = Totals::default();
-    let users = if tables.iter().any(|t| t == "users") {
+    let (users, sqlnode) = if tables.iter().any(|t| t == "users") {
         read_users(&mut legacy)?
     } else {
         eprintln!(
             "syncserver: import-legacy: no users table here (the tokenserver kept its own \
              database): storage is imported for every userid, the token rows are not"
         );
-        vec![]
+        (vec![], false)
     };
     let (users, retired): (Vec<LegacyUser>, Vec<LegacyUser>) = users
         .into_iter()
         .partition(|u| u.generation != MAX_GENERATION);
     totals.token_rows = users.len();
     totals.retired = retired.len();
-    // The current row of each account: the newest unreplaced one (staticnode's order).
+    // The current row of each account: the newest unreplaced one, in the order its token
+    // backend used (sqlnode: by generation first).
+    let order = |u: &LegacyUser| {
+        if sqlnode {
+            (u.generation, u.created_at, u.uid)
+        } else {
+            (u.created_at, u.uid, 0)
+        }
+    };
     let mut current: BTreeMap<&str, &LegacyUser> = BTreeMap::new();
     for u in users.iter().filter(|u| u.replaced_at.is_none()) {
         let newer = current
             .get(u.email.as_str())
-            .is_none_or(|c| (u.created_at, u.uid) > (c.created_at, c.uid));
+            .is_none_or(|c| order(u) > order(c));
         if newer {
             current.insert(&u.email, u);
         }
@@ -570,10 +578,11 @@ pub fn run(settings: Settings, options: ImportOptions) -> Result<(), String> {
 /// Every `users` row with the Sync service, whichever token backend wrote it: staticnode's
 /// (service is the text `sync-1.5`) or sqlnode's (an id into `services`); columns missing from
 /// old files read as NULL.
-fn read_users(legacy: &mut LegacyConn) -> Result<Vec<LegacyUser>, String> {
+fn read_users(legacy: &mut LegacyConn) -> Result<(Vec<LegacyUser>, bool), String> {
     let columns = legacy.columns("users")?;
     let has = |c: &str| columns.iter().any(|x| x == c);
-    let service = if has("nodeid") {
+    let sqlnode = has("nodeid");
+    let service = if sqlnode {
         format!(
             "(SELECT {} FROM services s WHERE s.id = users.service)",
             legacy.text("s.service")
@@ -595,11 +604,12 @@ fn read_users(legacy: &mut LegacyConn) -> Result<Vec<LegacyUser>, String> {
         legacy.int("created_at"),
         legacy.int("replaced_at"),
     );
-    Ok(legacy
+    let rows = legacy
         .load::<LegacyUser>(&sql, &[])?
         .into_iter()
         .filter(|u| u.service.as_deref() == Some(SYNC_SERVICE))
-        .collect())
+        .collect();
+    Ok((rows, sqlnode))
 }
 
 #[cfg(test)]
