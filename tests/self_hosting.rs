@@ -188,3 +188,90 @@ async fn a_proxy_that_strips_the_path_and_forwards_nothing_still_works() {
     .await;
     assert_eq!(r.status, 401);
 }
+
+/// The README's Caddyfile in front of the server (TLS, the path kept, Host and scheme passed
+/// as Caddy does by default): storage, a listing streamed through it, and the tokenserver's
+/// node with the path.
+#[tokio::test]
+async fn the_documented_caddyfile_serves_the_server_under_its_path() {
+    if common::proxy::caddy_bin().is_none() {
+        let required = std::env::var("SYNC_TEST_REQUIRE_BACKENDS")
+            .unwrap_or_default()
+            .contains("caddy");
+        assert!(!required, "caddy is required but not installed");
+        eprintln!("NOTE: caddy is not installed: the Caddy test did NOT run");
+        return;
+    }
+    let port = common::proxy::free_port();
+    let public = format!("https://localhost:{port}/sync");
+    let fxa = FakeFxa::start();
+    let fxa_url = fxa.url.clone();
+    let server = TestServer::start_with(|s| {
+        s.public_url = Some(public.clone());
+        s.tokenserver.enabled = true;
+        s.tokenserver.fxa_oauth_server_url = fxa_url;
+    })
+    .await;
+    let caddy = common::proxy::Caddy::start(port, server.port);
+    let client = common::proxy::https_client();
+    let user = server.user(23);
+    let send = |method: Method, path: &str, body: Option<Value>| {
+        let mut rb = client
+            .request(method.clone(), format!("https://localhost:{port}{path}"))
+            .header(
+                "Authorization",
+                signed(&user, method.as_str(), path, "localhost", port),
+            );
+        if let Some(body) = body {
+            rb = rb.json(&body);
+        }
+        send_rb(rb)
+    };
+    let records: Vec<Value> = (0..50)
+        .map(|i| json!({"id": format!("r{i}"), "payload": "x".repeat(2000)}))
+        .collect();
+    let r = send(
+        Method::POST,
+        "/sync/1.5/23/storage/history",
+        Some(json!(records)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.body, caddy.log());
+    let r = send(Method::GET, "/sync/1.5/23/storage/history?full=1", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().as_array().unwrap().len(), 50);
+    // Signed for another host: refused.
+    let r = send_rb(
+        client
+            .get(format!(
+                "https://localhost:{port}/sync/1.5/23/info/collections"
+            ))
+            .header(
+                "Authorization",
+                signed(
+                    &user,
+                    "GET",
+                    "/sync/1.5/23/info/collections",
+                    "elsewhere",
+                    port,
+                ),
+            ),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    let bearer = Signer::shared(0).access_token("caddy", None);
+    let r = send_rb(
+        client
+            .get(format!("https://localhost:{port}/sync/1.0/sync/1.5"))
+            .header("Authorization", format!("Bearer {bearer}"))
+            .header("X-KeyID", "1-qqo"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let endpoint = r.json()["api_endpoint"].as_str().unwrap().to_owned();
+    assert!(
+        endpoint.starts_with(&format!("{public}/1.5/")),
+        "{endpoint}"
+    );
+}

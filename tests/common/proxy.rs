@@ -198,6 +198,93 @@ impl Drop for Nginx {
     }
 }
 
+/// The Caddy binary, if installed.
+pub fn caddy_bin() -> Option<PathBuf> {
+    ["/usr/bin/caddy", "/usr/local/bin/caddy"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// The README's Caddyfile block, as documented.
+pub fn documented_caddyfile() -> String {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```caddyfile\n")
+        .expect("a caddyfile block in the README")
+        + 13;
+    let end = start + readme[start..].find("```").unwrap();
+    readme[start..end].to_owned()
+}
+
+/// A real Caddy (Debian's package) on 127.0.0.1:`port` with the README's configuration, its
+/// host and upstream replaced, and the self-signed certificate instead of one from an ACME CA.
+pub struct Caddy {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Caddy {
+    pub fn start(port: u16, upstream: u16) -> Caddy {
+        let bin = caddy_bin().expect("caddy is not installed");
+        let dir = tempfile::tempdir().unwrap();
+        let cert = certificate();
+        let site = documented_caddyfile()
+            .replace(
+                "sync.example.com {",
+                &format!(
+                    "https://localhost:{port} {{\n    tls {} {}",
+                    cert.cert.display(),
+                    cert.key.display()
+                ),
+            )
+            .replace("127.0.0.1:8000", &format!("127.0.0.1:{upstream}"));
+        let conf = format!(
+            "{{\n    admin off\n    auto_https disable_redirects\n    storage file_system {}\n}}\n{site}",
+            dir.path().join("data").display()
+        );
+        let conf_path = dir.path().join("Caddyfile");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("caddy.log")).unwrap();
+        let child = Command::new(bin)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&conf_path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start caddy");
+        let mut caddy = Caddy { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = caddy.child.try_wait() {
+                panic!("caddy exited ({status}): {}", caddy.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "caddy did not listen: {}",
+                caddy.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        caddy
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("caddy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The `under_a_path` and `through_nginx` tests: re-runs this suite's binary with
 /// `SYNC_TEST_VIA=via` (above), or says plainly that it cannot. `SYNC_TEST_REQUIRE_BACKENDS`
 /// containing `nginx` (CI) makes a missing nginx a failure.
