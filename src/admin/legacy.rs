@@ -43,22 +43,9 @@ const LEGACY_MAX_TTL: i64 = 2_100_000_000;
 const MAX_GENERATION: i64 = i64::MAX;
 /// Rows read and written per step.
 const CHUNK: i64 = 500;
-/// The collection ids the Python server fixes in `standard_collections` mode.
-const STANDARD: [(i32, &str); 13] = [
-    (1, "clients"),
-    (2, "crypto"),
-    (3, "forms"),
-    (4, "history"),
-    (5, "keys"),
-    (6, "meta"),
-    (7, "bookmarks"),
-    (8, "prefs"),
-    (9, "tabs"),
-    (10, "passwords"),
-    (11, "addons"),
-    (12, "addresses"),
-    (13, "creditcards"),
-];
+/// The collection ids the Python server fixes in `standard_collections` mode: the same list
+/// as ours.
+use crate::db::rules::STANDARD_COLLECTIONS as STANDARD;
 
 enum LegacyConn {
     Sqlite(diesel::SqliteConnection),

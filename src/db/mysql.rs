@@ -26,9 +26,11 @@ impl crate::db::pooled::ServerConn for AsyncMysqlConnection {
             settings.request_timeout_secs.clamp(1, 1 << 20) + 5
         )
     }
-    const BEFORE_WRITE: &'static str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED";
-    /// InnoDB's default REPEATABLE READ already reads one snapshot.
-    const READ_START: &'static str = "";
+    /// InnoDB's default REPEATABLE READ reads one snapshot.
+    const BEGIN_READ: &'static str = "START TRANSACTION READ ONLY";
+    /// Both statements in one round trip (the driver allows several per query).
+    const BEGIN_WRITE: &'static str =
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; START TRANSACTION";
 }
 
 /// The invisible placeholder row (last_modified 0, which every read ignores).
@@ -64,6 +66,7 @@ crate::db::sql::mysql_layout::mysql_layout!(
     conn = AsyncMysqlConnection,
     db = diesel::mysql::Mysql,
     staged_bytes_sum = "CAST(SUM(payload_size) AS SIGNED)",
+    upsert = all(diesel::dsl::DuplicatedKeys),
     run = diesel_async::RunQueryDsl,
     [.await]
 );

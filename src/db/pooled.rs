@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use deadpool::managed::{Manager, Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, SimpleAsyncConnection, TransactionManager,
+};
 use diesel_migrations::EmbeddedMigrations;
 use futures::future::BoxFuture;
 
@@ -24,13 +26,19 @@ use crate::error::{ApiError, ApiResult, ErrorKind};
 use crate::protocol::SyncTimestamp;
 
 /// What differs between the server engines' connections: the isolation statements.
-pub trait ServerConn: AsyncConnection + SimpleAsyncConnection + Pooling + Send + 'static {
+pub trait ServerConn:
+    AsyncConnection<TransactionManager = AnsiTransactionManager>
+    + SimpleAsyncConnection
+    + Pooling
+    + Send
+    + 'static
+{
     /// SQL each new connection runs first.
     fn session(settings: &PoolSettings) -> String;
-    /// SQL run before each write transaction begins (its isolation level; empty: none).
-    const BEFORE_WRITE: &'static str;
-    /// The first statement of each read transaction (its snapshot level; empty: none).
-    const READ_START: &'static str;
+    /// What begins a read transaction, its snapshot level included: one round trip.
+    const BEGIN_READ: &'static str;
+    /// What begins a write transaction, its isolation level included: one round trip.
+    const BEGIN_WRITE: &'static str;
 }
 
 /// What every diesel-async connection with a pool manager and a migration harness has, named
@@ -356,13 +364,28 @@ where
     T: Send,
     E: UnitError,
 {
-    conn.transaction(async |conn| {
-        if !C::READ_START.is_empty() {
-            conn.batch_execute(C::READ_START).await?;
+    transaction(conn, C::BEGIN_READ, unit).await
+}
+
+/// `unit` in a transaction begun by `begin` (diesel's transaction manager keeps track, so a
+/// connection whose rollback failed is not reused), committed when it succeeds.
+async fn transaction<C, T, E>(conn: &mut C, begin: &str, unit: &impl Unit<C, T, E>) -> Result<T, E>
+where
+    C: ServerConn,
+    T: Send,
+    E: UnitError,
+{
+    AnsiTransactionManager::begin_transaction_sql(conn, begin).await?;
+    match unit(conn).await {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(conn).await?;
+            Ok(value)
         }
-        unit(conn).await
-    })
-    .await
+        Err(e) => {
+            AnsiTransactionManager::rollback_transaction(conn).await?;
+            Err(e)
+        }
+    }
 }
 
 /// One write transaction on `conn` at the engine's write isolation level, run again when the
@@ -376,10 +399,7 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        if !C::BEFORE_WRITE.is_empty() {
-            conn.batch_execute(C::BEFORE_WRITE).await?;
-        }
-        let result = conn.transaction(async |conn| unit(conn).await).await;
+        let result = transaction(conn, C::BEGIN_WRITE, unit).await;
         let retry = result
             .as_ref()
             .err()
@@ -439,7 +459,9 @@ where
         let op = Arc::new(op);
         let body = with_conn(move |conn: &mut C| {
             Box::pin(async move {
-                if let (_, Some(name)) = op.target() {
+                if let (_, Some(name)) = op.target()
+                    && crate::db::rules::standard_collection_id(name).is_none()
+                {
                     // The global name mapping is made in its own statement, so that two
                     // writers creating it at once cannot fail each other's units of work.
                     let mut tx = SqlTx(&mut *conn);

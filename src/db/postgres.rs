@@ -22,9 +22,9 @@ impl crate::db::pooled::ServerConn for AsyncPgConnection {
     fn session(_: &crate::db::sql::PoolSettings) -> String {
         "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED".to_owned()
     }
-    const BEFORE_WRITE: &'static str = "";
+    const BEGIN_WRITE: &'static str = "BEGIN";
     /// Reads: one snapshot for the whole unit of work.
-    const READ_START: &'static str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ";
+    const BEGIN_READ: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
 }
 
 /// Upstream's pre-touched row, which every read ignores; the foreign keys need it too.
@@ -119,8 +119,7 @@ mod layout {
     impl BatchTables for SqlTx<'_, Conn> {
         type Batch = BatchKey;
 
-        /// Inserts rows whose ids are known to be absent.
-        async fn insert_bso_rows(
+        async fn upsert_bso_rows(
             &mut self,
             uid: i64,
             cid: i32,
@@ -138,8 +137,17 @@ mod layout {
                     ttl: Ms(r.expiry),
                 })
                 .collect();
+            use diesel::upsert::excluded;
             diesel::insert_into(bso::table)
                 .values(values)
+                .on_conflict((bso::userid, bso::collection, bso::id))
+                .do_update()
+                .set((
+                    bso::sortindex.eq(excluded(bso::sortindex)),
+                    bso::payload.eq(excluded(bso::payload)),
+                    bso::modified.eq(excluded(bso::modified)),
+                    bso::ttl.eq(excluded(bso::ttl)),
+                ))
                 .execute(&mut *self.0)
                 .await?;
             Ok(())

@@ -12,6 +12,39 @@ use crate::protocol::{Bso, BsoQuery, BsoUpdate, Limits, Offset, StoredBso, SyncT
 /// writes serialize on it whatever collection they touch, and different users never wait on
 /// each other.
 pub const TOMBSTONE: i32 = 0;
+/// The standard collections, with the ids every table layout gives them (upstream's MySQL,
+/// PostgreSQL and Spanner schemas preload them; ours too): resolved here, with no statement.
+/// Custom names get ids from 101 in the database.
+pub const STANDARD_COLLECTIONS: [(i32, &str); 13] = [
+    (1, "clients"),
+    (2, "crypto"),
+    (3, "forms"),
+    (4, "history"),
+    (5, "keys"),
+    (6, "meta"),
+    (7, "bookmarks"),
+    (8, "prefs"),
+    (9, "tabs"),
+    (10, "passwords"),
+    (11, "addons"),
+    (12, "addresses"),
+    (13, "creditcards"),
+];
+
+pub fn standard_collection_id(name: &str) -> Option<i32> {
+    STANDARD_COLLECTIONS
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(id, _)| *id)
+}
+
+pub fn standard_collection_name(id: i32) -> Option<&'static str> {
+    STANDARD_COLLECTIONS
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, n)| *n)
+}
+
 /// A user stamped at most this far ahead of our clock (the same 10 ms tick, typically) is
 /// waited out instead of answered with 503.
 pub const MAX_CLOCK_WAIT_MS: u64 = 100;

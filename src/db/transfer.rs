@@ -5,9 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::db::UserId;
 use crate::db::rules::TOMBSTONE;
 use crate::db::tx::{ReadTx, Scope, WriteTx};
+use crate::db::{UserId, units};
 use crate::error::ApiResult;
 use crate::protocol::{StoredBso, SyncTimestamp};
 
@@ -45,7 +45,7 @@ pub async fn summary<T: ReadTx>(tx: &mut T, user: &UserId) -> ApiResult<UserSumm
     let bytes = tx.record_bytes(&user, SyncTimestamp::ZERO).await?;
     let mut ids: Vec<i32> = rows.iter().map(|r| r.0).collect();
     ids.extend(counts.iter().map(|r| r.0));
-    let names = tx.collection_names(ids).await?;
+    let names = units::collection_names(tx, ids).await?;
     let name = |cid: i32| {
         names
             .get(&cid)
@@ -90,7 +90,7 @@ pub async fn rows_after<T: ReadTx>(
     limit: u32,
 ) -> ApiResult<Vec<StoredBso>> {
     let user = T::user_key(user)?;
-    match tx.collection_id(collection).await? {
+    match units::collection_id(tx, collection).await? {
         Some(cid) => tx.rows_after(&user, cid, after, limit).await,
         None => Ok(vec![]),
     }
@@ -106,7 +106,7 @@ pub async fn import_rows<T: WriteTx>(
 ) -> ApiResult<()> {
     let user = T::user_key(user)?;
     tx.lock_user(&user).await?;
-    let cid = tx.get_or_create_collection_id(collection).await?;
+    let cid = units::get_or_create_collection_id(tx, collection).await?;
     if tx.collection_ts(&user, cid).await?.is_none() {
         // Its placeholder, which rows need (PostgreSQL's foreign keys).
         tx.add_collection(&user, cid).await?;
@@ -125,7 +125,7 @@ pub async fn set_timestamps<T: WriteTx>(
     let mut user = T::user_key(user)?;
     tx.lock_user(&user).await?;
     for (name, ms) in collections {
-        let cid = tx.get_or_create_collection_id(name).await?;
+        let cid = units::get_or_create_collection_id(tx, name).await?;
         let t = SyncTimestamp::from_i64(*ms);
         if tx.collection_ts(&user, cid).await?.is_none() {
             tx.add_collection(&user, cid).await?;

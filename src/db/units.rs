@@ -211,6 +211,45 @@ pub async fn write<T: WriteTx>(
     })
 }
 
+// ---- collection names ----
+
+/// The collection's id: a standard one without a statement, a custom one from its table.
+pub async fn collection_id<T: ReadTx>(tx: &mut T, name: &str) -> ApiResult<Option<i32>> {
+    match rules::standard_collection_id(name) {
+        Some(id) => Ok(Some(id)),
+        None => tx.collection_id(name).await,
+    }
+}
+
+/// The collection's id, a custom name's made when new.
+pub async fn get_or_create_collection_id<T: WriteTx>(tx: &mut T, name: &str) -> ApiResult<i32> {
+    match rules::standard_collection_id(name) {
+        Some(id) => Ok(id),
+        None => tx.get_or_create_collection_id(name).await,
+    }
+}
+
+/// The names of these collection ids (standard ones without a statement).
+pub async fn collection_names<T: ReadTx>(
+    tx: &mut T,
+    ids: Vec<i32>,
+) -> ApiResult<HashMap<i32, String>> {
+    let mut names = HashMap::with_capacity(ids.len());
+    let mut custom = Vec::new();
+    for id in ids {
+        match rules::standard_collection_name(id) {
+            Some(name) => {
+                names.insert(id, name.to_owned());
+            }
+            None => custom.push(id),
+        }
+    }
+    if !custom.is_empty() {
+        names.extend(tx.collection_names(custom).await?);
+    }
+    Ok(names)
+}
+
 // ---- reads ----
 
 fn modified_of(bso: &Option<StoredBso>) -> SyncTimestamp {
@@ -219,9 +258,7 @@ fn modified_of(bso: &Option<StoredBso>) -> SyncTimestamp {
 }
 
 async fn named<T: ReadTx, V>(tx: &mut T, rows: Vec<(i32, V)>) -> ApiResult<BTreeMap<String, V>> {
-    let names: HashMap<i32, String> = tx
-        .collection_names(rows.iter().map(|(c, _)| *c).collect())
-        .await?;
+    let names = collection_names(tx, rows.iter().map(|(c, _)| *c).collect()).await?;
     Ok(rows
         .into_iter()
         .filter_map(|(c, v)| names.get(&c).map(|n| (n.clone(), v)))
@@ -297,7 +334,7 @@ async fn read_collection<T: ReadTx>(
     target: &CollectionRef,
 ) -> ApiResult<Option<(T::User, i32, SyncTimestamp)>> {
     let user = T::user_key(&target.user)?;
-    let Some(cid) = tx.collection_id(&target.collection).await? else {
+    let Some(cid) = collection_id(tx, &target.collection).await? else {
         target.precondition.check(SyncTimestamp::ZERO)?;
         return Ok(None);
     };
@@ -379,7 +416,7 @@ pub async fn stream_bsos<T: ReadTx>(
 /// The record and its timestamp; 404 when absent or expired.
 pub async fn get_bso<T: ReadTx>(tx: &mut T, params: &BsoRef) -> ApiResult<Bso> {
     let user = T::user_key(&params.user)?;
-    let found = match tx.collection_id(&params.collection).await? {
+    let found = match collection_id(tx, &params.collection).await? {
         Some(cid) => {
             tx.get_live_bso(&user, cid, &params.id, SyncTimestamp::now())
                 .await?
@@ -405,7 +442,7 @@ pub async fn begin_write<T: WriteTx>(
     // Read after the lock: every other writer of this user has committed by now.
     let rows = tx.user_collections(&user).await?;
     let cid = match collection {
-        Some(name) => tx.get_or_create_collection_id(name).await?,
+        Some(name) => get_or_create_collection_id(tx, name).await?,
         None => -1,
     };
     let (storage_ts, collection_ts) = rules::user_timestamps(

@@ -60,8 +60,9 @@ pub trait BatchTables: Send {
     type Batch: Send + Sync;
     /// A batch key as the client sees it.
     fn encode_batch(batch: &Self::Batch) -> String;
-    /// Inserts records whose ids are known to be absent.
-    fn insert_bso_rows(
+    /// Writes whole records in one statement, replacing the rows with their ids (the engine's
+    /// upsert: one index operation per row, where delete + insert took two statements and two).
+    fn upsert_bso_rows(
         &mut self,
         uid: i64,
         cid: i32,

@@ -6,9 +6,29 @@
 //! arguments as `sql_statements!`.
 
 macro_rules! mysql_layout {
+    // The upsert of the records: one statement per row (SQLite, whose statements cost no round
+    // trip and whose dialect has no multi-row upsert in diesel) or one for all (MySQL).
+    (@upsert each, $conn:expr, $values:expr, $conflict:expr, [$($aw:tt)*]) => {
+        for value in $values {
+            diesel::insert_into(bso::table)
+                .values(value)
+                .on_conflict($conflict)
+                .do_update()
+                .set(upsert_changes!())
+                .execute($conn)$($aw)*?;
+        }
+    };
+    (@upsert all, $conn:expr, $values:expr, $conflict:expr, [$($aw:tt)*]) => {
+        diesel::insert_into(bso::table)
+            .values($values)
+            .on_conflict($conflict)
+            .do_update()
+            .set(upsert_changes!())
+            .execute($conn)$($aw)*?;
+    };
     (
-        conn = $Conn:ty, db = $Db:ty, staged_bytes_sum = $staged_bytes_sum:expr, run = $Run:path,
-        [$($aw:tt)*]
+        conn = $Conn:ty, db = $Db:ty, staged_bytes_sum = $staged_bytes_sum:expr,
+        upsert = $upsert:ident($conflict:expr), run = $Run:path, [$($aw:tt)*]
     ) => {
         const _: () = {
             #[allow(unused_imports)]
@@ -26,6 +46,20 @@ macro_rules! mysql_layout {
 
             /// A batch as this layout keys it.
             type BatchKey = i64;
+
+            /// What an upsert of a record replaces: every column but the key.
+            macro_rules! upsert_changes {
+                () => {{
+                    use diesel::upsert::excluded;
+                    (
+                        bso::sortindex.eq(excluded(bso::sortindex)),
+                        bso::payload.eq(excluded(bso::payload)),
+                        bso::payload_size.eq(excluded(bso::payload_size)),
+                        bso::modified.eq(excluded(bso::modified)),
+                        bso::ttl.eq(excluded(bso::ttl)),
+                    )
+                }};
+            }
 
             #[derive(diesel::prelude::Insertable)]
             #[diesel(table_name = bso)]
@@ -79,7 +113,7 @@ macro_rules! mysql_layout {
                     batch_id::encode(*key)
                 }
 
-                async fn insert_bso_rows(
+                async fn upsert_bso_rows(
                     &mut self,
                     uid: i64,
                     cid: i32,
@@ -98,9 +132,9 @@ macro_rules! mysql_layout {
                             ttl: Ms(r.expiry),
                         })
                         .collect();
-                    diesel::insert_into(bso::table)
-                        .values(values)
-                        .execute(&mut *self.0)$($aw)*?;
+                    $crate::db::sql::mysql_layout::mysql_layout!(
+                        @upsert $upsert, &mut *self.0, values, $conflict, [$($aw)*]
+                    );
                     Ok(())
                 }
 

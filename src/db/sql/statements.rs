@@ -452,15 +452,7 @@ macro_rules! sql_statements {
                     rows: &[StoredBso],
                 ) -> ApiResult<()> {
                     for chunk in rows.chunks(CHUNK) {
-                        let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
-                        diesel::delete(
-                            bso::table
-                                .filter(bso::userid.eq(*uid))
-                                .filter(bso::collection.eq(cid))
-                                .filter(bso::id.eq_any(ids)),
-                        )
-                        .execute(&mut *self.0)$($aw)*?;
-                        self.insert_bso_rows(*uid, cid, chunk).await?;
+                        self.upsert_bso_rows(*uid, cid, chunk).await?;
                     }
                     Ok(())
                 }
