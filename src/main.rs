@@ -123,46 +123,13 @@ enum Command {
     /// users are the tokenserver's rows (--tokenserver-from when Spanner is the source).
     ///
     /// Example: syncserver copy --from sqlite:data/syncserver.db --to postgres://sync:pw@localhost/sync
-    Copy {
-        /// The database copied from (a storage URL, as syncstorage.database_url).
-        #[arg(long)]
-        from: String,
-        /// The database copied to (created or migrated as needed).
-        #[arg(long)]
-        to: String,
-        /// The source's tokenserver tables (default: the same MySQL/PostgreSQL database, or
-        /// tokenserver.db beside the SQLite file).
-        #[arg(long)]
-        tokenserver_from: Option<String>,
-        /// The target's tokenserver tables (same default).
-        #[arg(long)]
-        tokenserver_to: Option<String>,
-        /// Copy the storage only.
-        #[arg(long)]
-        skip_tokenserver: bool,
-        /// Rows per transaction.
-        #[arg(long, default_value_t = 500)]
-        rows_per_chunk: u32,
-    },
+    Copy(syncserver::admin::copy::CopyOptions),
     /// Import the old Python syncserver's database (SQLite, MySQL or PostgreSQL) into this
     /// server's databases: users keep their uids and generations, records and collections
     /// their timestamps, so Firefox syncs on without uploading again.
     ///
     /// Example: syncserver import-legacy --from sqlite:/var/lib/syncserver/syncserver.db --dry-run
-    ImportLegacy {
-        /// The Python server's database URL (its sqluri: sqlite:PATH, mysql://, postgres://).
-        #[arg(long)]
-        from: String,
-        /// Count what would be imported, write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Also import the storage of replaced rows (old keys: no client reads it again).
-        #[arg(long)]
-        include_replaced: bool,
-        /// The node URL the imported users get (default: public_url).
-        #[arg(long)]
-        node: Option<String>,
-    },
+    ImportLegacy(syncserver::admin::legacy::ImportOptions),
 }
 
 #[derive(Subcommand)]
@@ -324,38 +291,8 @@ fn main() -> ExitCode {
                 pause: std::time::Duration::from_millis(pause_ms),
             },
         ),
-        Command::Copy {
-            from,
-            to,
-            tokenserver_from,
-            tokenserver_to,
-            skip_tokenserver,
-            rows_per_chunk,
-        } => syncserver::admin::copy::run(
-            settings,
-            syncserver::admin::copy::CopyOptions {
-                from,
-                to,
-                tokenserver_from,
-                tokenserver_to,
-                skip_tokenserver,
-                rows_per_chunk,
-            },
-        ),
-        Command::ImportLegacy {
-            from,
-            dry_run,
-            include_replaced,
-            node,
-        } => syncserver::admin::legacy::run(
-            settings,
-            syncserver::admin::legacy::ImportOptions {
-                from,
-                dry_run,
-                include_replaced,
-                node,
-            },
-        ),
+        Command::Copy(options) => syncserver::admin::copy::run(settings, options),
+        Command::ImportLegacy(options) => syncserver::admin::legacy::run(settings, options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,19 +17,7 @@ fn bso_rows(server: &TestServer) -> i64 {
 }
 
 fn syncserver(server: &TestServer, args: &[&str]) -> std::process::Output {
-    let mut cmd = common::syncserver_command();
-    if spanner(server) {
-        cmd.env(
-            "SYNC_SYNCSTORAGE__SPANNER_EMULATOR_HOST",
-            common::backends::spanner_emulator_host(),
-        );
-    }
-    cmd.args(args)
-        .env("SYNC_DATA_DIR", server.dir.path())
-        .env("SYNC_SYNCSTORAGE__DATABASE_URL", &server.database_url)
-        .env("SYNC_MASTER_SECRET", MASTER_SECRET)
-        .output()
-        .unwrap()
+    common::syncserver_beside(server, args)
 }
 
 #[tokio::test]

@@ -25,17 +25,27 @@ use crate::settings::Settings;
 use crate::tokenserver::db::SharedTokenserverDb;
 use crate::tokenserver::db::admin::{AdminOp, AdminOut};
 
-#[derive(Debug, Clone)]
+/// `syncserver copy`'s options (the command line's, through clap).
+#[derive(Debug, Clone, clap::Args)]
 pub struct CopyOptions {
+    /// The database copied from (a storage URL, as syncstorage.database_url).
+    #[arg(long)]
     pub from: String,
+    /// The database copied to (created or migrated as needed).
+    #[arg(long)]
     pub to: String,
-    /// The tokenserver tables: by default the same database as the storage on MySQL and
-    /// PostgreSQL, `tokenserver.db` beside a SQLite file.
+    /// The source's tokenserver tables (default: the same MySQL/PostgreSQL database, or
+    /// tokenserver.db beside the SQLite file; required when the source is Spanner).
+    #[arg(long)]
     pub tokenserver_from: Option<String>,
+    /// The target's tokenserver tables (same default).
+    #[arg(long)]
     pub tokenserver_to: Option<String>,
-    /// Storage only.
+    /// Copy the storage only.
+    #[arg(long)]
     pub skip_tokenserver: bool,
     /// Rows per transaction.
+    #[arg(long, default_value_t = 500)]
     pub rows_per_chunk: u32,
 }
 

@@ -28,12 +28,20 @@ use crate::settings::Settings;
 use crate::tokenserver::db::SYNC_SERVICE;
 use crate::tokenserver::db::admin::{AdminOp, AdminOut, UserRow};
 
-#[derive(Debug, Clone)]
+/// `syncserver import-legacy`'s options (the command line's, through clap).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ImportOptions {
+    /// The Python server's database URL (its sqluri: sqlite:PATH, mysql://, postgres://).
+    #[arg(long)]
     pub from: String,
+    /// Count what would be imported, write nothing.
+    #[arg(long)]
     pub dry_run: bool,
+    /// Also import the storage of replaced rows (old keys: no client reads it again).
+    #[arg(long)]
     pub include_replaced: bool,
-    /// The node the users get (default: `public_url`).
+    /// The node URL the imported users get (default: public_url).
+    #[arg(long)]
     pub node: Option<String>,
 }
 

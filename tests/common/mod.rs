@@ -21,6 +21,29 @@ pub fn syncserver_command() -> std::process::Command {
     }
     cmd
 }
+
+/// `syncserver ARGS` with `server`'s settings (data dir, storage and tokenserver databases,
+/// master secret), as an operator runs it beside the server; its output.
+pub fn syncserver_beside(server: &TestServer, args: &[&str]) -> std::process::Output {
+    let mut cmd = syncserver_command();
+    if server.database_url.starts_with("spanner://") {
+        cmd.env(
+            "SYNC_SYNCSTORAGE__SPANNER_EMULATOR_HOST",
+            backends::spanner_emulator_host(),
+        );
+    }
+    cmd.args(args)
+        .env("SYNC_DATA_DIR", server.dir.path())
+        .env("SYNC_SYNCSTORAGE__DATABASE_URL", &server.database_url)
+        .env(
+            "SYNC_TOKENSERVER__DATABASE_URL",
+            &server.tokenserver_database_url,
+        )
+        .env("SYNC_MASTER_SECRET", MASTER_SECRET)
+        .output()
+        .unwrap()
+}
+
 pub mod db;
 pub mod fxa;
 pub mod proxy;
