@@ -367,8 +367,10 @@ where
     transaction(conn, C::BEGIN_READ, unit).await
 }
 
-/// `unit` in a transaction begun by `begin` (diesel's transaction manager keeps track, so a
-/// connection whose rollback failed is not reused), committed when it succeeds.
+/// `unit` in a transaction begun by `begin`, committed when it succeeds. On failure the unit's
+/// own error is returned (its fault decides a retry), whatever the rollback does: diesel's
+/// transaction manager marks a connection whose rollback failed as broken, and the pool drops
+/// it instead of reusing it.
 async fn transaction<C, T, E>(conn: &mut C, begin: &str, unit: &impl Unit<C, T, E>) -> Result<T, E>
 where
     C: ServerConn,
@@ -382,7 +384,7 @@ where
             Ok(value)
         }
         Err(e) => {
-            AnsiTransactionManager::rollback_transaction(conn).await?;
+            let _ = AnsiTransactionManager::rollback_transaction(conn).await;
             Err(e)
         }
     }
