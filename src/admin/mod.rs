@@ -124,7 +124,5 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    crate::protocol::SyncTimestamp::now().as_i64()
-}
+/// The tokenserver's clock, for its rows' times.
+pub(crate) use crate::tokenserver::issuer::now_ms;

@@ -56,7 +56,8 @@ pub struct TokenResponse {
     pub outcome: crate::metrics::TokenOutcome,
 }
 
-fn now_ms() -> i64 {
+/// The tokenserver's clock: `created_at`/`replaced_at` and webhook times, in ms.
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
