@@ -276,6 +276,54 @@ async fn post_updates_existing_records_field_by_field() {
     );
 }
 
+// A POST whose records all bring a payload is written without reading the rows first
+// (`tx::Overwrite::Given`): what each record leaves out stays the row's own, with records with
+// and without a ttl, new and existing, in one POST. An expired row keeps its past expiry.
+#[tokio::test]
+async fn post_of_payloads_keeps_what_each_record_leaves_out() {
+    let b = Backend::open().await;
+    let u = b.user();
+    b.post(
+        &u,
+        "c",
+        vec![
+            upd("x", Some("X"), Some(1), Some(0)),
+            upd("y", Some("Y"), Some(2), Some(3600)),
+            upd("z", Some("Z"), Some(4), Some(3600)),
+        ],
+        BatchRequest::None,
+    )
+    .await;
+    let_expire().await;
+    let r = b
+        .post(
+            &u,
+            "c",
+            vec![
+                rec("x", "X2"),
+                upd("y", Some("Y2"), None, Some(0)),
+                rec("z", "Z2"),
+                rec("n", "N"),
+            ],
+            BatchRequest::None,
+        )
+        .await;
+    let_expire().await;
+    assert_eq!(b.ids(&u, "c").await, strs(&["n", "z"]));
+    let z = b.get(&u, "c", "z").await.unwrap();
+    assert_eq!(
+        (z.payload.as_str(), z.sortindex, z.modified),
+        ("Z2", Some(4), r.last_modified)
+    );
+    let n = b.get(&u, "c", "n").await.unwrap();
+    assert_eq!((n.payload.as_str(), n.sortindex), ("N", None));
+    // The expired row took the new payload and kept its sortindex and expiry: a new ttl
+    // brings it back with both.
+    b.put(&u, "c", upd("x", None, None, Some(60))).await;
+    let x = b.get(&u, "c", "x").await.unwrap();
+    assert_eq!((x.payload.as_str(), x.sortindex), ("X2", Some(1)));
+}
+
 // SPEC 1.14: a POST treats each item as a PUT: a ttl-only item keeps its `modified`.
 #[tokio::test]
 async fn post_ttl_only_items_keep_their_modified() {

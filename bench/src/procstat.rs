@@ -119,6 +119,9 @@ pub struct ProcFigures {
     /// Busy fraction of the whole machine's CPU time, 0..1 (all cores).
     pub machine_busy: Option<f64>,
     pub machine_cores: usize,
+    /// Growth of the database server's counters in the window (`ServerSpec::database_counters`).
+    #[serde(skip)]
+    pub db_counters: Vec<(String, f64)>,
 }
 
 #[cfg(test)]

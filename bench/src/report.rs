@@ -258,6 +258,18 @@ pub fn markdown(report: &Report) -> String {
             opt(p.server_rss_end_mb, 1),
             opt(p.server_rss_max_mb, 1),
         );
+        if !r.database_per_request.is_empty() {
+            let list = r
+                .database_per_request
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                s,
+                "Database counters per successful request in the window: {list}."
+            );
+        }
     }
     s
 }

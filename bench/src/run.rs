@@ -87,6 +87,9 @@ pub struct RunResult {
     pub req_per_server_cpu_s: Option<f64>,
     /// The database server's version and main settings, as it reported them.
     pub database_settings: Vec<(String, String)>,
+    /// Growth of the database server's statement counters in the measured window, per
+    /// successful request (`ServerSpec::database_counters`).
+    pub database_per_request: Vec<(String, f64)>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -253,12 +256,17 @@ pub async fn run_one(
             )
         }
     };
+    let spec = match target {
+        Target::Start(spec) => Some(spec.clone()),
+        Target::External { .. } => None,
+    };
     let result = measure(
         cfg,
         &http,
         &url,
         &secret,
         pid,
+        spec,
         workload,
         &name,
         running.is_some(),
@@ -305,6 +313,7 @@ async fn measure(
     url: &str,
     secret: &str,
     pid: Option<u32>,
+    spec: Option<ServerSpec>,
     workload: Workload,
     name: &str,
     fresh: bool,
@@ -417,6 +426,10 @@ async fn measure(
             let db0 = procstat::cpu_by_name(&db);
             let bench0 = procstat::cpu_seconds(me);
             let machine0 = procstat::machine_ticks();
+            let counters0 = match &spec {
+                Some(spec) => spec.database_counters().await,
+                None => Vec::new(),
+            };
             let mut rss_max: Option<u64> = None;
             while Instant::now() + Duration::from_millis(500) < window.end {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -425,7 +438,20 @@ async fn measure(
                 }
             }
             tokio::time::sleep_until(window.end.into()).await;
-            let mut f = ProcFigures::default();
+            let counters1 = match &spec {
+                Some(spec) => spec.database_counters().await,
+                None => Vec::new(),
+            };
+            let mut f = ProcFigures {
+                db_counters: counters1
+                    .into_iter()
+                    .filter_map(|(k, v1)| {
+                        let (_, v0) = counters0.iter().find(|(k0, _)| *k0 == k)?;
+                        Some((k, v1 - v0))
+                    })
+                    .collect(),
+                ..Default::default()
+            };
             if let (Some(a), Some(b)) = (server0, pid.and_then(procstat::cpu_seconds)) {
                 f.server_cpu_s = Some(b - a);
             }
@@ -489,6 +515,7 @@ async fn measure(
     procs.db_cpu_s = sampled.db_cpu_s;
     procs.bench_cpu_s = sampled.bench_cpu_s;
     procs.machine_busy = sampled.machine_busy;
+    let window_ok: u64 = rec.types.values().map(|t| t.ok).sum();
 
     let users = pool.drain();
     if cfg.final_check {
@@ -562,6 +589,12 @@ async fn measure(
         process: ProcFigures::default(),
         req_per_server_cpu_s: None,
         database_settings: Vec::new(),
+        database_per_request: sampled
+            .db_counters
+            .iter()
+            .filter(|_| window_ok > 0)
+            .map(|(k, d)| (k.clone(), d / window_ok as f64))
+            .collect(),
     };
     log(
         cfg,

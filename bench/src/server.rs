@@ -216,6 +216,83 @@ impl ScratchDb {
     }
 }
 
+/// The MySQL server's statement counters (SHOW GLOBAL STATUS), summed over every client: the
+/// bench takes them at the start and the end of the measured window, when only the server under
+/// test talks to the database. Round trips are about Questions + Com_stmt_prepare (a prepared
+/// statement not in the connection's cache costs a prepare before its execute).
+const MYSQL_COUNTERS: [&str; 9] = [
+    "Questions",
+    "Com_stmt_prepare",
+    "Com_begin",
+    "Com_commit",
+    "Com_select",
+    "Com_insert",
+    "Com_update",
+    "Com_delete",
+    "Innodb_rows_read",
+];
+
+async fn mysql_counters(admin: &str) -> Result<Vec<(String, f64)>, String> {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::Opts::from_url(admin).map_err(|e| e.to_string())?;
+    let mut conn = mysql_async::Conn::new(opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<(String, String)> = conn
+        .query("SHOW GLOBAL STATUS")
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.disconnect().await.map_err(|e| e.to_string())?;
+    Ok(MYSQL_COUNTERS
+        .iter()
+        .filter_map(|name| {
+            rows.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+                .map(|v| ((*name).to_owned(), v))
+        })
+        .collect())
+}
+
+/// PostgreSQL's per-database counters, summed over the databases (the scratch one is the only
+/// busy one). Every statement outside a transaction is a transaction of its own here, so
+/// xact_commit counts transactions plus such statements. PostgreSQL publishes a backend's
+/// counters about once a second: the figures are approximate.
+async fn postgres_counters(admin: &str) -> Result<Vec<(String, f64)>, String> {
+    let (client, connection) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let task = tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT CAST(SUM(xact_commit) AS FLOAT8), CAST(SUM(xact_rollback) AS FLOAT8), \
+             CAST(SUM(tup_returned) AS FLOAT8), CAST(SUM(tup_fetched) AS FLOAT8) \
+             FROM pg_stat_database",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string());
+    drop(client);
+    let _ = task.await;
+    let row = row?;
+    let names = [
+        "xact_commit",
+        "xact_rollback",
+        "tup_returned",
+        "tup_fetched",
+    ];
+    Ok(names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            row.try_get::<_, Option<f64>>(i)
+                .ok()
+                .flatten()
+                .map(|v| ((*n).to_owned(), v))
+        })
+        .collect())
+}
+
 impl ServerSpec {
     /// The database server's version and main settings (empty for SQLite or when unreachable).
     pub async fn database_settings(&self) -> Vec<(String, String)> {
@@ -223,6 +300,17 @@ impl ServerSpec {
             Backend::Sqlite => return Vec::new(),
             Backend::Mysql => mysql_settings(&self.mysql_url).await,
             Backend::Postgres => postgres_settings(&self.postgres_url).await,
+        };
+        r.unwrap_or_default()
+    }
+
+    /// The database server's cumulative statement counters (empty for SQLite or when
+    /// unreachable); the bench reports their growth per request in the measured window.
+    pub async fn database_counters(&self) -> Vec<(String, f64)> {
+        let r = match self.backend {
+            Backend::Sqlite => return Vec::new(),
+            Backend::Mysql => mysql_counters(&self.mysql_url).await,
+            Backend::Postgres => postgres_counters(&self.postgres_url).await,
         };
         r.unwrap_or_default()
     }

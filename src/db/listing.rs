@@ -1,10 +1,11 @@
 //! Collection listings sent as they are read, so a `?full=1` GET's memory does not grow with
-//! the collection (issue 13). A listing is one read unit of work on one snapshot. A page that
-//! fits in one chunk of `CHUNK_RECORDS` (the common case) is one query, as before. A bigger
-//! full page first reads the ids and timestamps of the whole page (small; they give
-//! `X-Weave-Records` and the next offset before any byte of the body is sent), then the records
-//! in chunks, each handed to the response through a channel of `CHANNEL_CHUNKS`. A client that
-//! stops reading for `STALL` ends the unit of work.
+//! the collection (issue 13). A listing is one read unit of work. A page that fits in one chunk
+//! of `CHUNK_RECORDS` (the common case) is one query, without a transaction (`units::first_page`
+//! says how its timestamp is paired with it). A bigger full page, on one snapshot, first reads
+//! the ids and timestamps of the whole page (small; they give `X-Weave-Records` and the next
+//! offset before any byte of the body is sent), then the records in chunks, each handed to the
+//! response through a channel of `CHANNEL_CHUNKS`. A client that stops reading for `STALL` ends
+//! the unit of work.
 
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
 //! The MySQL/MariaDB backend: syncstorage-rs's MySQL tables (SPEC 5.1), diesel-async over the
 //! pure-Rust mysql_async driver. A write is one READ COMMITTED transaction that starts with
 //! `SELECT ... FOR UPDATE` on the user's collection row, so concurrent writers to one
-//! collection serialize; reads run in one consistent-snapshot transaction.
+//! collection serialize; a read that needs one snapshot runs in a consistent-snapshot
+//! transaction, the others statement by statement (`units::ReadOp::needs_snapshot`).
 
 use diesel_async::AsyncMysqlConnection;
 

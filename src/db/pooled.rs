@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{Manager, Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{
     AnsiTransactionManager, AsyncConnection, SimpleAsyncConnection, TransactionManager,
 };
@@ -238,6 +240,9 @@ impl<C: ServerConn> Pooled<C> {
     pub fn open(url: &str, settings: &PoolSettings, setting: &str) -> Result<Self, String> {
         let session = C::session(settings);
         let mut manager_config = ManagerConfig::<C>::default();
+        // No `SELECT 1` before every unit of work (a round trip each): `checkout` pings only a
+        // connection that sat idle, and `with_connection` drops one that failed as lost.
+        manager_config.recycling_method = RecyclingMethod::Fast;
         manager_config.custom_setup = Box::new(move |url| {
             let (url, session) = (url.to_owned(), session.clone());
             Box::pin(async move {
@@ -290,23 +295,14 @@ impl<C: ServerConn> Pooled<C> {
         let (pool, settings) = (self.pool.clone(), self.settings.clone());
         detached(deadline, async move {
             let mut obj = checkout::<C>(&pool, &settings).await?;
-            body(&mut obj).await
-        })
-        .await
-    }
-
-    /// A read: one transaction on one snapshot.
-    pub async fn read_unit<T, E>(
-        &self,
-        deadline: Duration,
-        unit: impl Unit<C, T, E> + 'static,
-    ) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: UnitError,
-    {
-        self.with_connection(deadline, move |conn| {
-            Box::pin(async move { read_transaction(conn, &unit).await })
+            let result = body(&mut obj).await;
+            if let Err(e) = &result
+                && e.fault() == Some(DbFault::Unavailable)
+            {
+                // Lost (or its server became a read-only replica): not back into the pool.
+                let _ = Object::take(obj);
+            }
+            result
         })
         .await
     }
@@ -328,9 +324,13 @@ impl<C: ServerConn> Pooled<C> {
     }
 }
 
+/// A connection idle this long is pinged before use: the server or a proxy may have closed it
+/// meanwhile. A busy pool's connections are never idle that long, so they go without.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(5);
+
 /// Checks out a connection, giving up after the pool timeout with a 503 (the database is down
 /// or saturated: clients retry later). Connections past their lifespan or idle limit are
-/// replaced.
+/// replaced, and one idle for `PING_AFTER_IDLE` is pinged first (replaced if it fails).
 async fn checkout<C: ServerConn>(
     pool: &Pool<C::Manager>,
     settings: &PoolSettings,
@@ -352,6 +352,14 @@ async fn checkout<C: ServerConn>(
         if too_old || idle_too_long {
             let _ = Object::take(obj);
             continue;
+        }
+        if metrics.last_used() > PING_AFTER_IDLE {
+            let mut obj = obj;
+            if obj.batch_execute("SELECT 1").await.is_err() {
+                let _ = Object::take(obj);
+                continue;
+            }
+            return Ok(obj);
         }
         return Ok(obj);
     }
@@ -446,14 +454,27 @@ impl<C: ServerConn> Backend for PooledStorage<C>
 where
     for<'a> SqlTx<'a, C>: WriteTx<User = i64> + SqlPurge,
 {
+    /// Statement by statement unless the unit needs one snapshot (`ReadOp::needs_snapshot`),
+    /// then in one read transaction on the same connection.
     async fn read(&self, op: ReadOp) -> ApiResult<ReadOut> {
         let config = self.config.clone();
         let op = Arc::new(op);
-        let unit = unit(move |conn: &mut C| {
-            let (config, op) = (config.clone(), op.clone());
-            Box::pin(async move { units::read(&mut SqlTx(conn), &config, &op).await })
+        let body = with_conn(move |conn: &mut C| {
+            Box::pin(async move {
+                if !op.needs_snapshot() {
+                    match units::read(&mut SqlTx(&mut *conn), &config, &op, false).await? {
+                        ReadOut::NeedsSnapshot => {}
+                        out => return Ok(out),
+                    }
+                }
+                let unit = unit(move |conn: &mut C| {
+                    let (config, op) = (config.clone(), op.clone());
+                    Box::pin(async move { units::read(&mut SqlTx(conn), &config, &op, true).await })
+                });
+                read_transaction(conn, &unit).await
+            })
         });
-        self.pool.read_unit(self.pool.deadline(), unit).await
+        self.pool.with_connection(self.pool.deadline(), body).await
     }
 
     async fn write(&self, op: WriteOp) -> ApiResult<WriteOut> {

@@ -72,7 +72,7 @@ mod layout {
     pub use crate::db::sql::schema_pg::user_collections;
     use crate::db::sql::schema_pg::{batch_bsos, batches, bso};
     use crate::db::sql::{BatchTables, CHUNK, SqlTx};
-    use crate::db::tx::Scope;
+    use crate::db::tx::{Overwrite, Scope};
     use crate::error::{ApiError, ApiResult};
     use crate::protocol::{BsoUpdate, StoredBso, batch_id};
 
@@ -124,6 +124,7 @@ mod layout {
             uid: i64,
             cid: i32,
             rows: &[StoredBso],
+            overwrite: Overwrite,
         ) -> ApiResult<()> {
             let values: Vec<NewBso<'_>> = rows
                 .iter()
@@ -137,19 +138,37 @@ mod layout {
                     ttl: Ms(r.expiry),
                 })
                 .collect();
+            use crate::db::sql::coalesce;
             use diesel::upsert::excluded;
-            diesel::insert_into(bso::table)
+            let insert = diesel::insert_into(bso::table)
                 .values(values)
                 .on_conflict((bso::userid, bso::collection, bso::id))
-                .do_update()
-                .set((
-                    bso::sortindex.eq(excluded(bso::sortindex)),
-                    bso::payload.eq(excluded(bso::payload)),
-                    bso::modified.eq(excluded(bso::modified)),
-                    bso::ttl.eq(excluded(bso::ttl)),
-                ))
-                .execute(&mut *self.0)
-                .await?;
+                .do_update();
+            let sortindex = coalesce(excluded(bso::sortindex), bso::sortindex);
+            let (payload, modified, ttl) = (
+                bso::payload.eq(excluded(bso::payload)),
+                bso::modified.eq(excluded(bso::modified)),
+                bso::ttl.eq(excluded(bso::ttl)),
+            );
+            match overwrite {
+                Overwrite::Whole => {
+                    let changes = (
+                        bso::sortindex.eq(excluded(bso::sortindex)),
+                        payload,
+                        modified,
+                        ttl,
+                    );
+                    insert.set(changes).execute(&mut *self.0).await?
+                }
+                Overwrite::Given { expiry: true } => {
+                    let changes = (bso::sortindex.eq(sortindex), payload, modified, ttl);
+                    insert.set(changes).execute(&mut *self.0).await?
+                }
+                Overwrite::Given { expiry: false } => {
+                    let changes = (bso::sortindex.eq(sortindex), payload, modified);
+                    insert.set(changes).execute(&mut *self.0).await?
+                }
+            };
             Ok(())
         }
 

@@ -68,6 +68,22 @@ pub fn user_timestamps(
     (storage_ts, collection_ts)
 }
 
+/// The user's storage timestamp from its `user_collections` rows (as `user_timestamps`).
+pub fn storage_ts(rows: &[(i32, i64)]) -> SyncTimestamp {
+    rows.iter()
+        .map(|(_, ms)| SyncTimestamp::from_i64(*ms))
+        .max()
+        .unwrap_or_default()
+}
+
+/// The timestamps `/info/collections` shows of those rows: no tombstone, no placeholder.
+pub fn visible_collections(rows: Vec<(i32, i64)>) -> Vec<(i32, SyncTimestamp)> {
+    rows.into_iter()
+        .filter(|(c, ms)| *c != TOMBSTONE && *ms > 0)
+        .map(|(c, ms)| (c, SyncTimestamp::from_i64(ms)))
+        .collect()
+}
+
 /// How long a write must wait before its T (`now`) is later than the user's storage timestamp
 /// (`floor`): `None` when it already is, an error (503) when the user is too far ahead (the
 /// clock went backwards). Per user, not per collection: two writes of one user to different

@@ -212,10 +212,17 @@ fn block_on<T>(unit: impl std::future::Future<Output = T>) -> T {
 
 #[async_trait]
 impl Backend for SqliteStorage {
-    /// One read transaction: a WAL snapshot that never waits on writers.
+    /// Statement by statement unless the unit needs one snapshot (`ReadOp::needs_snapshot`),
+    /// then one read transaction: a WAL snapshot that never waits on writers.
     async fn read(&self, op: ReadOp) -> ApiResult<ReadOut> {
         self.blocking(move |conn, config| {
-            conn.transaction(|conn| block_on(units::read(&mut SqlTx(conn), config, &op)))
+            if !op.needs_snapshot() {
+                match block_on(units::read(&mut SqlTx(conn), config, &op, false))? {
+                    ReadOut::NeedsSnapshot => {}
+                    out => return Ok(out),
+                }
+            }
+            conn.transaction(|conn| block_on(units::read(&mut SqlTx(conn), config, &op, true)))
         })
         .await
     }

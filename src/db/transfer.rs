@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::db::rules::TOMBSTONE;
-use crate::db::tx::{ReadTx, Scope, WriteTx};
+use crate::db::tx::{Overwrite, ReadTx, Scope, WriteTx};
 use crate::db::{UserId, units};
 use crate::error::ApiResult;
 use crate::protocol::{StoredBso, SyncTimestamp};
@@ -111,7 +111,7 @@ pub async fn import_rows<T: WriteTx>(
         // Its placeholder, which rows need (PostgreSQL's foreign keys).
         tx.add_collection(&user, cid).await?;
     }
-    tx.write_rows(&user, cid, rows).await
+    tx.write_rows(&user, cid, rows, Overwrite::Whole).await
 }
 
 /// Sets the collections' timestamps (and quota counters) and the tombstone's, as the source

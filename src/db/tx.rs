@@ -4,7 +4,8 @@
 //! unit of work (which transaction, which isolation, retries and deadlines). The rules and the
 //! order of the steps are in `units`; an implementation only says how to read and write rows.
 //!
-//! Every statement runs inside the transaction the engine opened; none commits.
+//! Every statement runs inside the transaction the engine opened, or on its own for a read that
+//! needs no snapshot (`ReadOp::needs_snapshot`); none commits.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +26,17 @@ pub struct Scope<U> {
     pub t: SyncTimestamp,
     /// The collection's timestamp before this write (0 when it has none).
     pub collection_ts: SyncTimestamp,
+}
+
+/// What `WriteTx::write_rows` writes over a row that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Every column: the rows are whole records (merged with what was read before).
+    Whole,
+    /// The payload and `modified`; the sortindex where the record has one; the expiry when
+    /// `expiry`. The rest stays the row's own, so a write whose records all bring a payload
+    /// needs no read first (`units::apply_updates`). A new row takes the record's values.
+    Given { expiry: bool },
 }
 
 /// The statements of a read, on any transaction (a read-only snapshot or a write).
@@ -61,11 +73,6 @@ pub trait ReadTx: Send {
         &mut self,
         user: &Self::User,
     ) -> impl Future<Output = ApiResult<Vec<(i32, i64)>>> + Send;
-    /// The timestamps `/info/collections` shows: no tombstone, no placeholder.
-    fn visible_collections(
-        &mut self,
-        user: &Self::User,
-    ) -> impl Future<Output = ApiResult<Vec<(i32, SyncTimestamp)>>> + Send;
     /// Live records per collection.
     fn record_counts(
         &mut self,
@@ -87,6 +94,9 @@ pub trait ReadTx: Send {
     ) -> impl Future<Output = ApiResult<Option<StoredBso>>> + Send;
     /// Live records matching `q` in its order, from `q.offset` on, at most `limit + 1` (the
     /// extra one says whether there is a next page); ids and `modified` only unless `q.full`.
+    /// With them, the collection's timestamp as the same statement saw it (`None` from an
+    /// engine that reads on one snapshot anyway), so a listing read outside a transaction
+    /// still reports a timestamp no older than any record it holds.
     fn list_bsos(
         &mut self,
         user: &Self::User,
@@ -94,7 +104,7 @@ pub trait ReadTx: Send {
         q: &BsoQuery,
         limit: u32,
         now: SyncTimestamp,
-    ) -> impl Future<Output = ApiResult<Vec<StoredBso>>> + Send;
+    ) -> impl Future<Output = ApiResult<(Vec<StoredBso>, Option<SyncTimestamp>)>> + Send;
     /// The rows for `ids`, expired included (writes overwrite them).
     fn load_existing(
         &mut self,
@@ -168,12 +178,15 @@ pub trait WriteTx: ReadTx {
         cid: i32,
         t: SyncTimestamp,
     ) -> impl Future<Output = ApiResult<()>> + Send;
-    /// Writes whole records, replacing the rows with their ids.
+    /// Whether `write_rows` takes `Overwrite::Given` (else only `Whole`).
+    const OVERWRITES_GIVEN: bool = false;
+    /// Writes records over the rows with their ids, as `overwrite` says.
     fn write_rows(
         &mut self,
         user: &Self::User,
         cid: i32,
         rows: &[StoredBso],
+        overwrite: Overwrite,
     ) -> impl Future<Output = ApiResult<()>> + Send;
     fn delete_rows(
         &mut self,
@@ -218,10 +231,11 @@ pub trait WriteTx: ReadTx {
     }
 }
 
-/// How an engine runs units of work: a read on one snapshot, a write in one transaction that
-/// commits before the answer (run again on `DbFault::Conflict` as `retry` says), each on a
-/// task of its own within the request deadline. `StorageDb` is implemented once for every
-/// `Backend` (`units`).
+/// How an engine runs units of work: a read on one snapshot when `ReadOp::needs_snapshot` (or
+/// the unit answered `ReadOut::NeedsSnapshot`), else statement by statement without a
+/// transaction; a write in one transaction that commits before the answer (run again on
+/// `DbFault::Conflict` as `retry` says), each on a task of its own within the request deadline.
+/// `StorageDb` is implemented once for every `Backend` (`units`).
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     async fn read(&self, op: ReadOp) -> ApiResult<ReadOut>;

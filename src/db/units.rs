@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use crate::db::listing::{self, Listing, ListingSender};
 use crate::db::rules::{self, Staged, TOMBSTONE};
 use crate::db::transfer::{self, UserSummary};
-use crate::db::tx::{Backend, ReadTx, Scope, WriteTx};
+use crate::db::tx::{Backend, Overwrite, ReadTx, Scope, WriteTx};
 use crate::db::{
     BsoPage, BsoRef, CollectionRef, DeleteBsos, DeletedCollection, GetBsos, Info, InfoBody,
     InfoKind, PoolState, PostBsos, PostResult, PurgeStats, PutBso, StorageConfig, StorageDb,
@@ -59,6 +59,22 @@ impl ReadOp {
     pub fn is_stream(&self) -> bool {
         matches!(self, ReadOp::Stream(..))
     }
+
+    /// Whether the unit's statements must share one snapshot (a transaction). The others are
+    /// one statement, or a timestamp read first and then a listing that reads the timestamp
+    /// again in its own statement (`list_page`), so they run without BEGIN and COMMIT: the
+    /// round trips a read costs on a server engine. A listing that turns out to need several
+    /// reads asks for a snapshot then (`ReadOut::NeedsSnapshot`).
+    pub fn needs_snapshot(&self) -> bool {
+        match self {
+            ReadOp::Info { kind, .. } => *kind != InfoKind::Collections,
+            ReadOp::GetBsos(_) | ReadOp::Stream(..) | ReadOp::GetBso(_) | ReadOp::Ping => false,
+            ReadOp::Expired(_)
+            | ReadOp::Summary(_)
+            | ReadOp::Users { .. }
+            | ReadOp::Rows { .. } => true,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -71,6 +87,9 @@ pub enum ReadOut {
     Users(Vec<u64>),
     Rows(Vec<StoredBso>),
     Done,
+    /// Run without a snapshot, the unit found it needs one (a listing of several chunks):
+    /// nothing was sent; run it again in a read transaction.
+    NeedsSnapshot,
 }
 
 /// A write unit of work, as a value.
@@ -128,11 +147,13 @@ pub enum WriteOut {
     Done,
 }
 
-/// Runs a read op on `tx`.
+/// Runs a read op on `tx`; `snapshot`: whether `tx` is one read transaction (else each
+/// statement is its own, see `ReadOp::needs_snapshot`).
 pub async fn read<T: ReadTx>(
     tx: &mut T,
     config: &StorageConfig,
     op: &ReadOp,
+    snapshot: bool,
 ) -> ApiResult<ReadOut> {
     Ok(match op {
         ReadOp::Info {
@@ -140,13 +161,18 @@ pub async fn read<T: ReadTx>(
             kind,
             precondition,
         } => ReadOut::Info(info(tx, user, *kind, *precondition).await?),
-        ReadOp::GetBsos(params) => ReadOut::Page(get_bsos(tx, config, params).await?),
-        ReadOp::Stream(params, out) => {
-            if let Err(e) = stream_bsos(tx, config, params, out).await {
+        ReadOp::GetBsos(params) => match get_bsos(tx, config, params, snapshot).await? {
+            Some(page) => ReadOut::Page(page),
+            None => ReadOut::NeedsSnapshot,
+        },
+        ReadOp::Stream(params, out) => match stream_bsos(tx, config, params, out, snapshot).await {
+            Ok(Streamed::Sent) => ReadOut::Done,
+            Ok(Streamed::NeedsSnapshot) => ReadOut::NeedsSnapshot,
+            Err(e) => {
                 let _ = listing::send(out, Err(e)).await;
+                ReadOut::Done
             }
-            ReadOut::Done
-        }
+        },
         ReadOp::GetBso(params) => ReadOut::Bso(get_bso(tx, params).await?),
         ReadOp::Ping => {
             tx.ping().await?;
@@ -281,14 +307,20 @@ pub async fn info<T: ReadTx>(
     precondition: Precondition,
 ) -> ApiResult<Info> {
     let user = T::user_key(user)?;
+    if kind == InfoKind::Collections {
+        // One statement: the storage timestamp and the visible ones from the same rows.
+        let rows = tx.user_collections(&user).await?;
+        let storage_ts = rules::storage_ts(&rows);
+        precondition.check(storage_ts)?;
+        let visible = rules::visible_collections(rows);
+        let body = InfoBody::Timestamps(named(tx, visible).await?);
+        return Ok(Info { storage_ts, body });
+    }
     let storage_ts = tx.storage_ts(&user).await?;
     precondition.check(storage_ts)?;
     let now = SyncTimestamp::now();
     let body = match kind {
-        InfoKind::Collections => {
-            let rows = tx.visible_collections(&user).await?;
-            InfoBody::Timestamps(named(tx, rows).await?)
-        }
+        InfoKind::Collections => unreachable!("answered above"),
         InfoKind::Counts => {
             let rows = tx.record_counts(&user, now).await?;
             InfoBody::Counts(named(tx, rows).await?)
@@ -306,7 +338,25 @@ pub async fn info<T: ReadTx>(
     Ok(Info { storage_ts, body })
 }
 
-/// One page of a listing; `max_records` caps every page.
+/// What one read of a listing found, before its timestamp is settled.
+struct Read {
+    items: Vec<Bso>,
+    next_offset: Option<Offset>,
+    /// The collection's timestamp as the same statement saw it (`ReadTx::list_bsos`).
+    seen: Option<SyncTimestamp>,
+}
+
+impl Read {
+    fn page(self, collection_ts: SyncTimestamp) -> BsoPage {
+        BsoPage {
+            collection_ts,
+            items: self.items,
+            next_offset: self.next_offset,
+        }
+    }
+}
+
+/// One read of a listing; `max_records` caps every page.
 async fn list_page<T: ReadTx>(
     tx: &mut T,
     user: &T::User,
@@ -314,64 +364,123 @@ async fn list_page<T: ReadTx>(
     q: &BsoQuery,
     now: SyncTimestamp,
     max_records: u32,
-) -> ApiResult<(Vec<Bso>, Option<Offset>)> {
+) -> ApiResult<Read> {
     let limit = q.limit.unwrap_or(max_records).min(max_records);
-    let rows = tx.list_bsos(user, cid, q, limit, now).await?;
-    Ok(rules::finish_page(rows, limit, q))
-}
-
-fn page(collection_ts: SyncTimestamp, (items, next_offset): (Vec<Bso>, Option<Offset>)) -> BsoPage {
-    BsoPage {
-        collection_ts,
+    let (rows, seen) = tx.list_bsos(user, cid, q, limit, now).await?;
+    let (items, next_offset) = rules::finish_page(rows, limit, q);
+    Ok(Read {
         items,
         next_offset,
+        seen,
+    })
+}
+
+fn empty_page() -> BsoPage {
+    BsoPage {
+        collection_ts: SyncTimestamp::ZERO,
+        items: vec![],
+        next_offset: None,
     }
 }
 
-/// The collection and its timestamp, after the precondition; `None`: no such collection.
-async fn read_collection<T: ReadTx>(
+/// What a listing's first read found.
+enum First<U> {
+    /// No such collection (the precondition held against 0): an empty page.
+    Missing,
+    Found {
+        user: U,
+        cid: i32,
+        page: BsoPage,
+    },
+    /// Without a snapshot, no timestamp could be paired with the page: read again in one.
+    NeedsSnapshot,
+}
+
+/// A listing's first read (`q`) with the collection timestamp that goes with it, after the
+/// precondition: the records first, with the timestamp their own statement saw (so it is no
+/// older than any of them); for an empty page, the timestamp read after it. On a snapshot that
+/// is the page's own. Without one it is only while it is not newer than `newer`: every write
+/// that lands after the client's last sync gets a later T (`begin_write`), so none landed in
+/// between and the page is still empty. Anything else needs a snapshot.
+async fn first_page<T: ReadTx>(
     tx: &mut T,
     target: &CollectionRef,
-) -> ApiResult<Option<(T::User, i32, SyncTimestamp)>> {
+    q: &BsoQuery,
+    now: SyncTimestamp,
+    max_records: u32,
+    snapshot: bool,
+) -> ApiResult<First<T::User>> {
     let user = T::user_key(&target.user)?;
     let Some(cid) = collection_id(tx, &target.collection).await? else {
         target.precondition.check(SyncTimestamp::ZERO)?;
-        return Ok(None);
+        return Ok(First::Missing);
     };
-    let ts = tx.collection_ts(&user, cid).await?.unwrap_or_default();
+    let read = list_page(tx, &user, cid, q, now, max_records).await?;
+    let ts = match read.seen.filter(|_| !read.items.is_empty()) {
+        Some(seen) => seen,
+        None => match tx.collection_ts(&user, cid).await? {
+            None if read.items.is_empty() => {
+                target.precondition.check(SyncTimestamp::ZERO)?;
+                return Ok(First::Missing);
+            }
+            Some(ts)
+                if snapshot
+                    || (read.items.is_empty() && ts <= q.newer.unwrap_or(SyncTimestamp::ZERO)) =>
+            {
+                ts
+            }
+            _ if snapshot => SyncTimestamp::ZERO,
+            _ => return Ok(First::NeedsSnapshot),
+        },
+    };
     target.precondition.check(ts)?;
-    Ok(Some((user, cid, ts)))
+    Ok(First::Found {
+        user,
+        cid,
+        page: read.page(ts),
+    })
 }
 
+/// A page of a listing, read at once; `None`: it needs a snapshot (`first_page`).
 pub async fn get_bsos<T: ReadTx>(
     tx: &mut T,
     config: &StorageConfig,
     params: &GetBsos,
-) -> ApiResult<BsoPage> {
-    let Some((user, cid, ts)) = read_collection(tx, &params.target).await? else {
-        return Ok(page(SyncTimestamp::ZERO, (vec![], None)));
-    };
+    snapshot: bool,
+) -> ApiResult<Option<BsoPage>> {
     let max = config.limits.max_total_records;
-    let found = list_page(tx, &user, cid, &params.query, SyncTimestamp::now(), max).await?;
-    Ok(page(ts, found))
+    let now = SyncTimestamp::now();
+    Ok(
+        match first_page(tx, &params.target, &params.query, now, max, snapshot).await? {
+            First::Missing => Some(empty_page()),
+            First::Found { page, .. } => Some(page),
+            First::NeedsSnapshot => None,
+        },
+    )
+}
+
+/// How a streamed listing ended.
+pub enum Streamed {
+    Sent,
+    /// Not sent: it needs several reads, which must share a snapshot, or a snapshot to pair
+    /// its timestamp with (`first_page`).
+    NeedsSnapshot,
 }
 
 /// A listing sent as it is read (`db::listing`): a page within one chunk in one read; a bigger
-/// full page as its head, then the records in chunks. All from this transaction's snapshot and
-/// one `now` (so expiry cannot change the page between chunks).
+/// full page as its head, then the records in chunks. All from one snapshot and one `now` (so
+/// expiry cannot change the page between chunks): without `snapshot`, a page that needs more
+/// than one read is not sent (`Streamed::NeedsSnapshot`).
 pub async fn stream_bsos<T: ReadTx>(
     tx: &mut T,
     config: &StorageConfig,
     params: &GetBsos,
     out: &ListingSender,
-) -> ApiResult<()> {
+    snapshot: bool,
+) -> ApiResult<Streamed> {
     let now = SyncTimestamp::now();
     let max = config.limits.max_total_records;
     let q = &params.query;
-    let Some((user, cid, ts)) = read_collection(tx, &params.target).await? else {
-        let page = page(SyncTimestamp::ZERO, (vec![], None));
-        return listing::send(out, Ok(Listing::Head { page, more: false })).await;
-    };
     let page_limit = q.limit.unwrap_or(max).min(max);
     let n = listing::first_chunk(q, max);
     let first_q = if q.full {
@@ -379,16 +488,30 @@ pub async fn stream_bsos<T: ReadTx>(
     } else {
         q.clone()
     };
-    let (first, next) = list_page(tx, &user, cid, &first_q, now, max).await?;
-    if !q.full || next.is_none() || n == page_limit {
+    let whole = |page| Listing::Head { page, more: false };
+    let (user, cid, first) =
+        match first_page(tx, &params.target, &first_q, now, max, snapshot).await? {
+            First::Missing => {
+                return listing::send(out, Ok(whole(empty_page())))
+                    .await
+                    .map(|()| Streamed::Sent);
+            }
+            First::NeedsSnapshot => return Ok(Streamed::NeedsSnapshot),
+            First::Found { user, cid, page } => (user, cid, page),
+        };
+    if !q.full || first.next_offset.is_none() || n == page_limit {
         // The whole page: one read, as without streaming.
-        let page = page(ts, (first, next));
-        return listing::send(out, Ok(Listing::Head { page, more: false })).await;
+        return listing::send(out, Ok(whole(first)))
+            .await
+            .map(|()| Streamed::Sent);
     }
-    let head = page(
-        ts,
-        list_page(tx, &user, cid, &listing::head_query(q), now, max).await?,
-    );
+    if !snapshot {
+        return Ok(Streamed::NeedsSnapshot);
+    }
+    let ts = first.collection_ts;
+    let head = list_page(tx, &user, cid, &listing::head_query(q), now, max)
+        .await?
+        .page(ts);
     let total = head.items.len();
     listing::send(
         out,
@@ -398,19 +521,19 @@ pub async fn stream_bsos<T: ReadTx>(
         }),
     )
     .await?;
-    let (mut sent, mut offset) = (first.len(), next);
-    listing::send(out, Ok(Listing::Records(first))).await?;
+    let (mut sent, mut offset) = (first.items.len(), first.next_offset);
+    listing::send(out, Ok(Listing::Records(first.items))).await?;
     while let (Some(from), Some(n)) = (offset, listing::next_chunk(total, sent)) {
         let chunk_q = listing::chunk_query(q, from, n);
-        let (items, next) = list_page(tx, &user, cid, &chunk_q, now, max).await?;
-        if items.is_empty() {
+        let chunk = list_page(tx, &user, cid, &chunk_q, now, max).await?;
+        if chunk.items.is_empty() {
             break;
         }
-        sent += items.len();
-        offset = next;
-        listing::send(out, Ok(Listing::Records(items))).await?;
+        sent += chunk.items.len();
+        offset = chunk.next_offset;
+        listing::send(out, Ok(Listing::Records(chunk.items))).await?;
     }
-    Ok(())
+    Ok(Streamed::Sent)
 }
 
 /// The record and its timestamp; 404 when absent or expired.
@@ -494,13 +617,31 @@ async fn apply_updates<T: WriteTx>(
     if updates.is_empty() {
         return Ok(());
     }
+    if T::OVERWRITES_GIVEN && updates.iter().all(|u| u.payload.is_some()) {
+        // Each record sets payload and modified (T: its content changed); the sortindex and
+        // expiry it leaves out the engine's upsert keeps from the row: no read before. Those
+        // with a ttl and those without are written apart.
+        for expiry in [true, false] {
+            let rows: Vec<StoredBso> = updates
+                .iter()
+                .filter(|u| u.ttl.is_some() == expiry)
+                .map(|u| apply_update(None, u, scope.t, rule))
+                .collect();
+            if !rows.is_empty() {
+                let given = Overwrite::Given { expiry };
+                tx.write_rows(&scope.user, scope.cid, &rows, given).await?;
+            }
+        }
+        return Ok(());
+    }
     let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
     let existing = tx.load_existing(&scope.user, scope.cid, &ids).await?;
     let rows: Vec<StoredBso> = updates
         .iter()
         .map(|u| apply_update(existing.get(&u.id), u, scope.t, rule))
         .collect();
-    tx.write_rows(&scope.user, scope.cid, &rows).await
+    tx.write_rows(&scope.user, scope.cid, &rows, Overwrite::Whole)
+        .await
 }
 
 /// Bumps the collection to T (and its quota counters).

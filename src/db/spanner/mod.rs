@@ -221,7 +221,7 @@ impl Backend for SpannerStorage {
                 tx: &mut ro,
                 step: this.deadline,
             };
-            units::read(&mut tx, &this.config, &op).await
+            units::read(&mut tx, &this.config, &op, true).await
         })
         .await
     }

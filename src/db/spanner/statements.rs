@@ -16,8 +16,8 @@ use gcloud_spanner::transaction_rw::ReadWriteTransaction;
 
 use super::{status_error, timed_out};
 use crate::db::UserId;
-use crate::db::rules::{self, Staged, TOMBSTONE};
-use crate::db::tx::{ReadTx, Scope, WriteTx};
+use crate::db::rules::{self, Staged};
+use crate::db::tx::{Overwrite, ReadTx, Scope, WriteTx};
 use crate::error::{ApiError, ApiResult};
 use crate::protocol::{BsoQuery, BsoUpdate, Sort, StoredBso, SyncTimestamp, batch_id};
 
@@ -231,23 +231,6 @@ impl<T: DerefMut<Target = Transaction> + Send> ReadTx for SpannerTx<'_, T> {
         pairs(&self.rows(stmt).await?, "m")
     }
 
-    async fn visible_collections(&mut self, user: &UserId) -> ApiResult<Vec<(i32, SyncTimestamp)>> {
-        let stmt = param(
-            user_stmt(
-                "SELECT collection_id, UNIX_MILLIS(modified) AS m FROM user_collections \
-                 WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid AND collection_id != @tombstone \
-                 AND modified > TIMESTAMP_MILLIS(0)",
-                user,
-            ),
-            "tombstone",
-            &i64::from(TOMBSTONE),
-        );
-        Ok(pairs(&self.rows(stmt).await?, "m")?
-            .into_iter()
-            .map(|(c, m)| (c, SyncTimestamp::from_i64(m)))
-            .collect())
-    }
-
     async fn record_counts(
         &mut self,
         user: &UserId,
@@ -291,7 +274,7 @@ impl<T: DerefMut<Target = Transaction> + Send> ReadTx for SpannerTx<'_, T> {
         q: &BsoQuery,
         limit: u32,
         now: SyncTimestamp,
-    ) -> ApiResult<Vec<StoredBso>> {
+    ) -> ApiResult<(Vec<StoredBso>, Option<SyncTimestamp>)> {
         let columns = if q.full { BSO_COLUMNS } else { ID_COLUMNS };
         let mut sql = format!(
             "SELECT {columns} FROM bsos WHERE fxa_uid = @fxa_uid AND fxa_kid = @fxa_kid \
@@ -334,7 +317,14 @@ impl<T: DerefMut<Target = Transaction> + Send> ReadTx for SpannerTx<'_, T> {
         }
         stmt.add_param("limit", &(i64::from(limit) + 1));
         stmt.add_param("skip", &(q.offset.skip.min(i64::MAX as u64) as i64));
-        self.rows(stmt).await?.iter().map(stored).collect()
+        // Reads here are read-only transactions: one snapshot for every statement.
+        let rows = self
+            .rows(stmt)
+            .await?
+            .iter()
+            .map(stored)
+            .collect::<ApiResult<_>>()?;
+        Ok((rows, None))
     }
 
     async fn load_existing(
@@ -569,12 +559,17 @@ impl WriteTx for SpannerTx<'_, ReadWriteTransaction> {
     }
 
     /// INSERT OR UPDATE of whole rows (eight cells per record: the mutation budget).
+    /// Whole records only (`OVERWRITES_GIVEN` is false): a mutation cannot keep a column.
     async fn write_rows(
         &mut self,
         user: &UserId,
         cid: i32,
         records: &[StoredBso],
+        overwrite: Overwrite,
     ) -> ApiResult<()> {
+        if overwrite != Overwrite::Whole {
+            return Err(ApiError::internal("Spanner writes whole records only"));
+        }
         for chunk in records.chunks(ROWS_PER_STATEMENT) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {

@@ -12,9 +12,47 @@ use std::future::Future;
 
 use crate::db::fault::DbFault;
 use crate::db::rules::Staged;
-use crate::db::tx::Scope;
+use crate::db::tx::{Overwrite, Scope};
 use crate::error::{ApiError, ApiResult};
 use crate::protocol::{BsoUpdate, StoredBso};
+
+diesel::define_sql_function! {
+    /// SQL's COALESCE of two sortindexes: an upsert keeps the row's own where the record has
+    /// none (`Overwrite::Given`).
+    fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Integer>, y: diesel::sql_types::Nullable<diesel::sql_types::Integer>) -> diesel::sql_types::Nullable<diesel::sql_types::Integer>;
+}
+
+/// A statement whose SQL text never depends on its values, kept prepared on its connection
+/// although diesel does not cache its kind (every UPDATE and upsert, say): on MySQL and
+/// PostgreSQL one round trip instead of prepare + execute, on SQLite no new prepare. Diesel
+/// keys such a statement by its text, so each text is prepared once per connection: never wrap
+/// one whose text varies with its input (an `IN` list, a multi-row insert).
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared<Q>(pub Q);
+
+impl<Q> diesel::query_builder::QueryId for Prepared<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<DB, Q> diesel::query_builder::QueryFragment<DB> for Prepared<Q>
+where
+    DB: diesel::backend::Backend,
+    Q: diesel::query_builder::QueryFragment<DB>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
+        self.0.walk_ast(pass)
+    }
+
+    fn is_safe_to_cache_prepared(&self, _: &DB) -> diesel::QueryResult<bool> {
+        Ok(true)
+    }
+}
+
+impl<Q> diesel::query_dsl::RunQueryDslSupport for Prepared<Q> {}
 
 /// Rows per statement, well under every engine's bound-variable limit.
 pub const CHUNK: usize = 500;
@@ -62,11 +100,13 @@ pub trait BatchTables: Send {
     fn encode_batch(batch: &Self::Batch) -> String;
     /// Writes whole records in one statement, replacing the rows with their ids (the engine's
     /// upsert: one index operation per row, where delete + insert took two statements and two).
+    /// `overwrite` as `WriteTx::write_rows` says.
     fn upsert_bso_rows(
         &mut self,
         uid: i64,
         cid: i32,
         rows: &[StoredBso],
+        overwrite: Overwrite,
     ) -> impl Future<Output = ApiResult<()>> + Send;
     fn find_batch(
         &mut self,
@@ -143,8 +183,8 @@ impl Default for PoolSettings {
 }
 
 /// The boundary of every diesel engine: a failure becomes a `DbFault` by diesel's error kind,
-/// or else by the SQLSTATE the engine reported (MySQL's deadlock, error 1213, arrives as a
-/// serialization failure; PostgreSQL's deadlock as 40P01).
+/// or else by the SQLSTATE the engine reported, none meaning the connection failed (MySQL's
+/// deadlock, error 1213, arrives as a serialization failure; PostgreSQL's deadlock as 40P01).
 pub fn fault_of(e: &diesel::result::Error) -> DbFault {
     use diesel::result::{DatabaseErrorKind as Kind, Error};
     match e {
@@ -160,6 +200,9 @@ pub fn fault_of(e: &diesel::result::Error) -> DbFault {
             Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::ReadOnlyTransaction => {
                 DbFault::Unavailable
             }
+            // No SQLSTATE: the driver's own failure, not the database's answer (mysql_async
+            // reports a lost connection so): the connection is not to be used again.
+            Kind::Unknown if info.sqlstate().is_none() => DbFault::Unavailable,
             _ => info.sqlstate().map_or(DbFault::Other, |state| {
                 DbFault::from_sqlstate(state.as_str())
             }),

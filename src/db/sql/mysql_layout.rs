@@ -8,22 +8,25 @@
 macro_rules! mysql_layout {
     // The upsert of the records: one statement per row (SQLite, whose statements cost no round
     // trip and whose dialect has no multi-row upsert in diesel) or one for all (MySQL).
-    (@upsert each, $conn:expr, $values:expr, $conflict:expr, [$($aw:tt)*]) => {
+    (@upsert each, $conn:expr, $values:expr, $conflict:expr, $changes:expr, [$($aw:tt)*]) => {
         for value in $values {
-            diesel::insert_into(bso::table)
-                .values(value)
-                .on_conflict($conflict)
-                .do_update()
-                .set(upsert_changes!())
-                .execute($conn)$($aw)*?;
+            // One row: the same text every time.
+            $crate::db::sql::Prepared(
+                diesel::insert_into(bso::table)
+                    .values(value)
+                    .on_conflict($conflict)
+                    .do_update()
+                    .set($changes),
+            )
+            .execute($conn)$($aw)*?;
         }
     };
-    (@upsert all, $conn:expr, $values:expr, $conflict:expr, [$($aw:tt)*]) => {
+    (@upsert all, $conn:expr, $values:expr, $conflict:expr, $changes:expr, [$($aw:tt)*]) => {
         diesel::insert_into(bso::table)
             .values($values)
             .on_conflict($conflict)
             .do_update()
-            .set(upsert_changes!())
+            .set($changes)
             .execute($conn)$($aw)*?;
     };
     (
@@ -40,16 +43,17 @@ macro_rules! mysql_layout {
             use $crate::db::rules::{COMMIT_CHUNK, Staged};
             use $crate::db::sql::schema::{batch_upload_items, batch_uploads, bso};
             use $crate::db::sql::{BatchTables, CHUNK, Ms, SqlTx};
-            use $crate::db::tx::Scope;
+            use $crate::db::tx::{Overwrite, Scope};
             use $crate::error::{ApiError, ApiResult};
             use $crate::protocol::{BsoUpdate, StoredBso, batch_id};
 
             /// A batch as this layout keys it.
             type BatchKey = i64;
 
-            /// What an upsert of a record replaces: every column but the key.
+            /// What an upsert of a record replaces (`Overwrite`): every column but the key
+            /// (`whole`), or the given ones (`given_expiry`, `given`).
             macro_rules! upsert_changes {
-                () => {{
+                (whole) => {{
                     use diesel::upsert::excluded;
                     (
                         bso::sortindex.eq(excluded(bso::sortindex)),
@@ -57,6 +61,31 @@ macro_rules! mysql_layout {
                         bso::payload_size.eq(excluded(bso::payload_size)),
                         bso::modified.eq(excluded(bso::modified)),
                         bso::ttl.eq(excluded(bso::ttl)),
+                    )
+                }};
+                (given_expiry) => {{
+                    use diesel::upsert::excluded;
+                    (
+                        bso::sortindex.eq($crate::db::sql::coalesce(
+                            excluded(bso::sortindex),
+                            bso::sortindex,
+                        )),
+                        bso::payload.eq(excluded(bso::payload)),
+                        bso::payload_size.eq(excluded(bso::payload_size)),
+                        bso::modified.eq(excluded(bso::modified)),
+                        bso::ttl.eq(excluded(bso::ttl)),
+                    )
+                }};
+                (given) => {{
+                    use diesel::upsert::excluded;
+                    (
+                        bso::sortindex.eq($crate::db::sql::coalesce(
+                            excluded(bso::sortindex),
+                            bso::sortindex,
+                        )),
+                        bso::payload.eq(excluded(bso::payload)),
+                        bso::payload_size.eq(excluded(bso::payload_size)),
+                        bso::modified.eq(excluded(bso::modified)),
                     )
                 }};
             }
@@ -118,6 +147,7 @@ macro_rules! mysql_layout {
                     uid: i64,
                     cid: i32,
                     rows: &[StoredBso],
+                    overwrite: Overwrite,
                 ) -> ApiResult<()> {
                     let values: Vec<NewBso<'_>> = rows
                         .iter()
@@ -132,9 +162,26 @@ macro_rules! mysql_layout {
                             ttl: Ms(r.expiry),
                         })
                         .collect();
-                    $crate::db::sql::mysql_layout::mysql_layout!(
-                        @upsert $upsert, &mut *self.0, values, $conflict, [$($aw)*]
-                    );
+                    match overwrite {
+                        Overwrite::Whole => {
+                            $crate::db::sql::mysql_layout::mysql_layout!(
+                                @upsert $upsert, &mut *self.0, values, $conflict,
+                                upsert_changes!(whole), [$($aw)*]
+                            );
+                        }
+                        Overwrite::Given { expiry: true } => {
+                            $crate::db::sql::mysql_layout::mysql_layout!(
+                                @upsert $upsert, &mut *self.0, values, $conflict,
+                                upsert_changes!(given_expiry), [$($aw)*]
+                            );
+                        }
+                        Overwrite::Given { expiry: false } => {
+                            $crate::db::sql::mysql_layout::mysql_layout!(
+                                @upsert $upsert, &mut *self.0, values, $conflict,
+                                upsert_changes!(given), [$($aw)*]
+                            );
+                        }
+                    }
                     Ok(())
                 }
 

@@ -35,8 +35,8 @@ macro_rules! sql_statements {
             use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 
             use $crate::db::rules::{Staged, TOMBSTONE};
-            use $crate::db::sql::{BatchTables, BsoRow, CHUNK, Ms, SqlPurge, SqlTx, stored};
-            use $crate::db::tx::{ReadTx, Scope, WriteTx};
+            use $crate::db::sql::{BatchTables, BsoRow, CHUNK, Ms, Prepared, SqlPurge, SqlTx, stored};
+            use $crate::db::tx::{Overwrite, ReadTx, Scope, WriteTx};
             use $crate::db::{PurgeStats, UserId};
             use $crate::error::ApiResult;
             use $crate::protocol::{BsoQuery, BsoUpdate, Sort, StoredBso, SyncTimestamp};
@@ -194,22 +194,6 @@ macro_rules! sql_statements {
                     Ok(rows.into_iter().map(|(c, Ms(ms))| (c, ms)).collect())
                 }
 
-                async fn visible_collections(
-                    &mut self,
-                    uid: &i64,
-                ) -> ApiResult<Vec<(i32, SyncTimestamp)>> {
-                    let rows: Vec<(i32, Ms)> = user_collections::table
-                        .filter(user_collections::userid.eq(*uid))
-                        .filter(user_collections::collection.ne(TOMBSTONE))
-                        .filter(user_collections::last_modified.gt(Ms(0)))
-                        .select((
-                            user_collections::collection,
-                            user_collections::last_modified,
-                        ))
-                        .load(&mut *self.0)$($aw)*?;
-                    Ok(rows.into_iter().map(|(c, m)| (c, ts(m))).collect())
-                }
-
                 async fn record_counts(
                     &mut self,
                     uid: &i64,
@@ -254,7 +238,7 @@ macro_rules! sql_statements {
                     q: &BsoQuery,
                     limit: u32,
                     now: SyncTimestamp,
-                ) -> ApiResult<Vec<StoredBso>> {
+                ) -> ApiResult<(Vec<StoredBso>, Option<SyncTimestamp>)> {
                     let mut query = live_bsos(*uid, now).filter(bso::collection.eq(cid));
                     if !q.ids.is_empty() {
                         query = query.filter(bso::id.eq_any(q.ids.clone()));
@@ -278,27 +262,41 @@ macro_rules! sql_statements {
                     query = query
                         .limit(i64::from(limit) + 1)
                         .offset(q.offset.skip.min(i64::MAX as u64) as i64);
-                    Ok(if q.full {
+                    // The collection's timestamp in the same statement (one snapshot), so a
+                    // listing read without a transaction reports one no older than its rows.
+                    let collection_ts = user_collections::table
+                        .find((*uid, cid))
+                        .select(user_collections::last_modified)
+                        .single_value();
+                    let mut seen: Option<Ms> = None;
+                    let rows = if q.full {
                         query
-                            .select(BSO_COLUMNS)
-                            .load::<BsoRow>(&mut *self.0)$($aw)*?
+                            .select((BSO_COLUMNS, collection_ts))
+                            .load::<(BsoRow, Option<Ms>)>(&mut *self.0)$($aw)*?
                             .into_iter()
-                            .map(stored)
+                            .map(|(row, t)| {
+                                seen = seen.or(t);
+                                stored(row)
+                            })
                             .collect()
                     } else {
                         query
-                            .select((bso::id, bso::modified))
-                            .load::<(String, Ms)>(&mut *self.0)$($aw)*?
+                            .select((bso::id, bso::modified, collection_ts))
+                            .load::<(String, Ms, Option<Ms>)>(&mut *self.0)$($aw)*?
                             .into_iter()
-                            .map(|(id, Ms(modified))| StoredBso {
-                                id,
-                                payload: String::new(),
-                                sortindex: None,
-                                modified,
-                                expiry: 0,
+                            .map(|(id, Ms(modified), t)| {
+                                seen = seen.or(t);
+                                StoredBso {
+                                    id,
+                                    payload: String::new(),
+                                    sortindex: None,
+                                    modified,
+                                    expiry: 0,
+                                }
                             })
                             .collect()
-                    })
+                    };
+                    Ok((rows, seen.map(ts)))
                 }
 
                 async fn load_existing(
@@ -429,9 +427,11 @@ macro_rules! sql_statements {
                     cid: i32,
                     t: SyncTimestamp,
                 ) -> ApiResult<()> {
-                    let updated = diesel::update(user_collections::table.find((*uid, cid)))
-                        .set(user_collections::last_modified.eq(Ms(t.as_i64())))
-                        .execute(&mut *self.0)$($aw)*?;
+                    let updated = Prepared(
+                        diesel::update(user_collections::table.find((*uid, cid)))
+                            .set(user_collections::last_modified.eq(Ms(t.as_i64()))),
+                    )
+                    .execute(&mut *self.0)$($aw)*?;
                     if updated == 0 {
                         diesel::insert_into(user_collections::table)
                             .values((
@@ -444,15 +444,17 @@ macro_rules! sql_statements {
                     Ok(())
                 }
 
-                /// Delete then insert: the same SQL on every engine.
+                const OVERWRITES_GIVEN: bool = true;
+
                 async fn write_rows(
                     &mut self,
                     uid: &i64,
                     cid: i32,
                     rows: &[StoredBso],
+                    overwrite: Overwrite,
                 ) -> ApiResult<()> {
                     for chunk in rows.chunks(CHUNK) {
-                        self.upsert_bso_rows(*uid, cid, chunk).await?;
+                        self.upsert_bso_rows(*uid, cid, chunk, overwrite).await?;
                     }
                     Ok(())
                 }
@@ -502,12 +504,14 @@ macro_rules! sql_statements {
                         .filter(bso::collection.eq(scope.cid))
                         .select((count_star(), sql::<Nullable<BigInt>>($bytes_sum)))
                         .first(&mut *self.0)$($aw)*?;
-                    diesel::update(user_collections::table.find((scope.user, scope.cid)))
-                        .set((
-                            user_collections::count.eq(count as i32),
-                            user_collections::total_bytes.eq(bytes.unwrap_or(0)),
-                        ))
-                        .execute(&mut *self.0)$($aw)*?;
+                    Prepared(
+                        diesel::update(user_collections::table.find((scope.user, scope.cid)))
+                            .set((
+                                user_collections::count.eq(count as i32),
+                                user_collections::total_bytes.eq(bytes.unwrap_or(0)),
+                            )),
+                    )
+                    .execute(&mut *self.0)$($aw)*?;
                     Ok(())
                 }
 
