@@ -353,13 +353,11 @@ async fn checkout<C: ServerConn>(
             let _ = Object::take(obj);
             continue;
         }
-        if metrics.last_used() > PING_AFTER_IDLE {
-            let mut obj = obj;
-            if obj.batch_execute("SELECT 1").await.is_err() {
-                let _ = Object::take(obj);
-                continue;
-            }
-            return Ok(obj);
+        let idle = metrics.last_used() > PING_AFTER_IDLE;
+        let mut obj = obj;
+        if idle && obj.batch_execute("SELECT 1").await.is_err() {
+            let _ = Object::take(obj);
+            continue;
         }
         return Ok(obj);
     }

@@ -61,10 +61,10 @@ impl ReadOp {
     }
 
     /// Whether the unit's statements must share one snapshot (a transaction). The others are
-    /// one statement, or a timestamp read first and then a listing that reads the timestamp
-    /// again in its own statement (`list_page`), so they run without BEGIN and COMMIT: the
-    /// round trips a read costs on a server engine. A listing that turns out to need several
-    /// reads asks for a snapshot then (`ReadOut::NeedsSnapshot`).
+    /// one statement (a listing page reads its collection's timestamp in the same statement,
+    /// `first_page`), so on a server engine they run without BEGIN and COMMIT, two round trips
+    /// fewer. A listing that turns out to need a snapshot asks for one then
+    /// (`ReadOut::NeedsSnapshot`).
     pub fn needs_snapshot(&self) -> bool {
         match self {
             ReadOp::Info { kind, .. } => *kind != InfoKind::Collections,
@@ -307,20 +307,18 @@ pub async fn info<T: ReadTx>(
     precondition: Precondition,
 ) -> ApiResult<Info> {
     let user = T::user_key(user)?;
-    if kind == InfoKind::Collections {
-        // One statement: the storage timestamp and the visible ones from the same rows.
+    // `/info/collections` is one statement: the storage timestamp and the visible ones come
+    // from the same rows.
+    let (storage_ts, visible) = if kind == InfoKind::Collections {
         let rows = tx.user_collections(&user).await?;
-        let storage_ts = rules::storage_ts(&rows);
-        precondition.check(storage_ts)?;
-        let visible = rules::visible_collections(rows);
-        let body = InfoBody::Timestamps(named(tx, visible).await?);
-        return Ok(Info { storage_ts, body });
-    }
-    let storage_ts = tx.storage_ts(&user).await?;
+        (rules::storage_ts(&rows), rules::visible_collections(rows))
+    } else {
+        (tx.storage_ts(&user).await?, Vec::new())
+    };
     precondition.check(storage_ts)?;
     let now = SyncTimestamp::now();
     let body = match kind {
-        InfoKind::Collections => unreachable!("answered above"),
+        InfoKind::Collections => InfoBody::Timestamps(named(tx, visible).await?),
         InfoKind::Counts => {
             let rows = tx.record_counts(&user, now).await?;
             InfoBody::Counts(named(tx, rows).await?)

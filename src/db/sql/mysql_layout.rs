@@ -65,16 +65,7 @@ macro_rules! mysql_layout {
                 }};
                 (given_expiry) => {{
                     use diesel::upsert::excluded;
-                    (
-                        bso::sortindex.eq($crate::db::sql::coalesce(
-                            excluded(bso::sortindex),
-                            bso::sortindex,
-                        )),
-                        bso::payload.eq(excluded(bso::payload)),
-                        bso::payload_size.eq(excluded(bso::payload_size)),
-                        bso::modified.eq(excluded(bso::modified)),
-                        bso::ttl.eq(excluded(bso::ttl)),
-                    )
+                    (upsert_changes!(given), bso::ttl.eq(excluded(bso::ttl)))
                 }};
                 (given) => {{
                     use diesel::upsert::excluded;
