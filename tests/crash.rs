@@ -33,16 +33,8 @@ struct Server {
     port: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(env: &[(String, String)], log: &std::path::Path) -> Server {
-    let port = free_port();
+    let port = common::proxy::free_port();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -67,7 +67,7 @@ crate::db::sql::mysql_layout::mysql_layout!(
     conn = AsyncMysqlConnection,
     db = diesel::mysql::Mysql,
     staged_bytes_sum = "CAST(SUM(payload_size) AS SIGNED)",
-    upsert = all(diesel::dsl::DuplicatedKeys),
+    upsert = duplicate_keys,
     run = diesel_async::RunQueryDsl,
     [.await]
 );

@@ -292,19 +292,12 @@ mod layout {
             &mut self,
             scope: &Scope<i64>,
             batch: &BatchKey,
-            merged: &[BsoUpdate],
+            updates: &[BsoUpdate],
         ) -> ApiResult<()> {
-            for chunk in merged.chunks(CHUNK) {
-                let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
-                diesel::delete(
-                    batch_bsos::table
-                        .filter(batch_bsos::user_id.eq(scope.user))
-                        .filter(batch_bsos::collection_id.eq(scope.cid))
-                        .filter(batch_bsos::batch_id.eq(*batch))
-                        .filter(batch_bsos::batch_bso_id.eq_any(chunk_ids)),
-                )
-                .execute(&mut *self.0)
-                .await?;
+            use crate::db::sql::coalesce;
+            use batch_bsos::{payload, sortindex, ttl};
+            use diesel::upsert::excluded;
+            for chunk in updates.chunks(CHUNK) {
                 let values: Vec<NewBatchBso<'_>> = chunk
                     .iter()
                     .map(|u| NewBatchBso {
@@ -317,8 +310,16 @@ mod layout {
                         ttl: u.ttl.map(i64::from),
                     })
                     .collect();
+                // `BsoUpdate::merged_with`: what the record leaves out stays staged.
                 diesel::insert_into(batch_bsos::table)
                     .values(values)
+                    .on_conflict(diesel::Table::primary_key(&batch_bsos::table))
+                    .do_update()
+                    .set((
+                        sortindex.eq(coalesce(excluded(sortindex), sortindex)),
+                        payload.eq(coalesce(excluded(payload), payload)),
+                        ttl.eq(coalesce(excluded(ttl), ttl)),
+                    ))
                     .execute(&mut *self.0)
                     .await?;
             }

@@ -282,11 +282,7 @@ crate::db::sql::mysql_layout::mysql_layout!(
     conn = diesel::SqliteConnection,
     db = diesel::sqlite::Sqlite,
     staged_bytes_sum = "SUM(payload_size)",
-    upsert = each((
-        crate::db::sql::schema::bso::userid,
-        crate::db::sql::schema::bso::collection,
-        crate::db::sql::schema::bso::id
-    )),
+    upsert = per_row,
     run = diesel::RunQueryDsl,
     []
 );

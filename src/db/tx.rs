@@ -212,12 +212,17 @@ pub trait WriteTx: ReadTx {
         &mut self,
         scope: &Scope<Self::User>,
     ) -> impl Future<Output = ApiResult<Self::Batch>> + Send;
-    /// Replaces the staged rows of these (merged) records.
+    /// Whether `put_staged` merges each record with the staged row of its id itself (the
+    /// fields the record leaves out kept, as `BsoUpdate::merged_with`): then a batch POST
+    /// stages without reading the staged rows first.
+    const MERGES_STAGED: bool = false;
+    /// Stages these records: merged with the staged rows of their ids by the engine
+    /// (`MERGES_STAGED`), else replacing them (the caller merged them first).
     fn put_staged(
         &mut self,
         scope: &Scope<Self::User>,
         batch: &Self::Batch,
-        merged: &[BsoUpdate],
+        updates: &[BsoUpdate],
     ) -> impl Future<Output = ApiResult<()>> + Send;
     /// The batch and its staged records.
     fn drop_batch(

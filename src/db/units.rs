@@ -666,10 +666,14 @@ async fn stage<T: WriteTx>(
     batch: &T::Batch,
     updates: &[BsoUpdate],
 ) -> ApiResult<()> {
-    let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-    let staged = tx.staged_items(scope, batch, Staged::Ids(&ids)).await?;
-    let merged = rules::merge_staged(staged, updates);
-    tx.put_staged(scope, batch, &merged).await?;
+    if T::MERGES_STAGED {
+        tx.put_staged(scope, batch, updates).await?;
+    } else {
+        let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
+        let staged = tx.staged_items(scope, batch, Staged::Ids(&ids)).await?;
+        let merged = rules::merge_staged(staged, updates);
+        tx.put_staged(scope, batch, &merged).await?;
+    }
     let (records, bytes) = tx.staged_totals(scope, batch).await?;
     rules::check_batch_totals(&config.limits, records, bytes)?;
     // Staged bytes count toward quota; re-sent ids replaced their earlier bytes above.
@@ -706,6 +710,8 @@ async fn commit_batch<T: WriteTx>(
             .await?;
         let Some(tail) = chunk.last() else { break };
         after = Some(tail.id.clone());
+        // A short chunk is the last one: no statement to find nothing after it.
+        let last_chunk = (chunk.len() as i64) < rules::COMMIT_CHUNK;
         let merged: Vec<BsoUpdate> = chunk
             .into_iter()
             .map(|u| match pending.remove(u.id.as_str()) {
@@ -716,6 +722,9 @@ async fn commit_batch<T: WriteTx>(
         records += merged.len() as i64;
         bytes += merged.iter().map(|u| u.payload_bytes() as i64).sum::<i64>();
         apply_updates(tx, scope, &merged, ModifiedRule::Always).await?;
+        if last_chunk {
+            break;
+        }
     }
     let rest: Vec<BsoUpdate> = last
         .iter()

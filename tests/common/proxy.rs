@@ -92,13 +92,23 @@ pub fn https_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().add_root_certificate(root)
 }
 
-/// A port nobody listens on now.
+/// A port nobody listens on now, chosen below the kernel's ephemeral range: a port the kernel
+/// handed out for `127.0.0.1:0` is free again once dropped, so a test server binding port 0
+/// (every `TestServer`) could be given it before the proxy binds it, and the proxy's clients
+/// would then talk TLS to a plain-HTTP server.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_low / 2);
+    loop {
+        let port = rand::thread_rng().gen_range(low..ephemeral_low);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +182,10 @@ impl Nginx {
             .expect("start nginx");
         let mut nginx = Nginx { child, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // nginx writes its pid file only after it has bound its listeners: a port that
+        // answers before that belongs to some other process.
+        let pid_file = nginx.dir.path().join("nginx.pid");
+        while !pid_file.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = nginx.child.try_wait() {
                 panic!("nginx exited ({status}): {}", nginx.error_log());
             }

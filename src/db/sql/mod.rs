@@ -17,9 +17,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::protocol::{BsoUpdate, StoredBso};
 
 diesel::define_sql_function! {
-    /// SQL's COALESCE of two sortindexes: an upsert keeps the row's own where the record has
-    /// none (`Overwrite::Given`).
-    fn coalesce(x: diesel::sql_types::Nullable<diesel::sql_types::Integer>, y: diesel::sql_types::Nullable<diesel::sql_types::Integer>) -> diesel::sql_types::Nullable<diesel::sql_types::Integer>;
+    /// SQL's COALESCE of two values: an upsert keeps the row's own where the record has none
+    /// (`Overwrite::Given`, `WriteTx::MERGES_STAGED`).
+    fn coalesce<T: diesel::sql_types::SingleValue>(x: diesel::sql_types::Nullable<T>, y: diesel::sql_types::Nullable<T>) -> diesel::sql_types::Nullable<T>;
 }
 
 /// A statement whose SQL text never depends on its values, kept prepared on its connection
@@ -123,11 +123,13 @@ pub trait BatchTables: Send {
         batch: &Self::Batch,
         which: Staged<'_>,
     ) -> impl Future<Output = ApiResult<Vec<BsoUpdate>>> + Send;
+    /// Stages records, merging each with the staged row of its id in the statement (the
+    /// fields it leaves out are kept: `WriteTx::MERGES_STAGED`).
     fn put_staged(
         &mut self,
         scope: &Scope<i64>,
         batch: &Self::Batch,
-        merged: &[BsoUpdate],
+        updates: &[BsoUpdate],
     ) -> impl Future<Output = ApiResult<()>> + Send;
     fn staged_totals(
         &mut self,

@@ -6,32 +6,33 @@
 //! arguments as `sql_statements!`.
 
 macro_rules! mysql_layout {
-    // The upsert of the records: one statement per row (SQLite, whose statements cost no round
-    // trip and whose dialect has no multi-row upsert in diesel) or one for all (MySQL).
-    (@upsert each, $conn:expr, $values:expr, $conflict:expr, $changes:expr, [$($aw:tt)*]) => {
+    // An upsert (records, staged records): one statement per row, on the primary key (SQLite,
+    // whose statements cost no round trip and whose dialect has no multi-row upsert in diesel),
+    // or one for all rows with ON DUPLICATE KEY UPDATE (MySQL).
+    (@upsert per_row, $table:path, $conn:expr, $values:expr, $changes:expr, [$($aw:tt)*]) => {
         for value in $values {
             // One row: the same text every time.
             $crate::db::sql::Prepared(
-                diesel::insert_into(bso::table)
+                diesel::insert_into($table)
                     .values(value)
-                    .on_conflict($conflict)
+                    .on_conflict(diesel::Table::primary_key(&$table))
                     .do_update()
                     .set($changes),
             )
             .execute($conn)$($aw)*?;
         }
     };
-    (@upsert all, $conn:expr, $values:expr, $conflict:expr, $changes:expr, [$($aw:tt)*]) => {
-        diesel::insert_into(bso::table)
+    (@upsert duplicate_keys, $table:path, $conn:expr, $values:expr, $changes:expr, [$($aw:tt)*]) => {
+        diesel::insert_into($table)
             .values($values)
-            .on_conflict($conflict)
+            .on_conflict(diesel::dsl::DuplicatedKeys)
             .do_update()
             .set($changes)
             .execute($conn)$($aw)*?;
     };
     (
         conn = $Conn:ty, db = $Db:ty, staged_bytes_sum = $staged_bytes_sum:expr,
-        upsert = $upsert:ident($conflict:expr), run = $Run:path, [$($aw:tt)*]
+        upsert = $upsert:ident, run = $Run:path, [$($aw:tt)*]
     ) => {
         const _: () = {
             #[allow(unused_imports)]
@@ -156,19 +157,19 @@ macro_rules! mysql_layout {
                     match overwrite {
                         Overwrite::Whole => {
                             $crate::db::sql::mysql_layout::mysql_layout!(
-                                @upsert $upsert, &mut *self.0, values, $conflict,
+                                @upsert $upsert, bso::table, &mut *self.0, values,
                                 upsert_changes!(whole), [$($aw)*]
                             );
                         }
                         Overwrite::Given { expiry: true } => {
                             $crate::db::sql::mysql_layout::mysql_layout!(
-                                @upsert $upsert, &mut *self.0, values, $conflict,
+                                @upsert $upsert, bso::table, &mut *self.0, values,
                                 upsert_changes!(given_expiry), [$($aw)*]
                             );
                         }
                         Overwrite::Given { expiry: false } => {
                             $crate::db::sql::mysql_layout::mysql_layout!(
-                                @upsert $upsert, &mut *self.0, values, $conflict,
+                                @upsert $upsert, bso::table, &mut *self.0, values,
                                 upsert_changes!(given), [$($aw)*]
                             );
                         }
@@ -316,17 +317,11 @@ macro_rules! mysql_layout {
                     &mut self,
                     scope: &Scope<i64>,
                     batch: &BatchKey,
-                    merged: &[BsoUpdate],
+                    updates: &[BsoUpdate],
                 ) -> ApiResult<()> {
-                    for chunk in merged.chunks(CHUNK) {
-                        let chunk_ids: Vec<&str> = chunk.iter().map(|u| u.id.as_str()).collect();
-                        diesel::delete(
-                            batch_upload_items::table
-                                .filter(batch_upload_items::userid.eq(scope.user))
-                                .filter(batch_upload_items::batch.eq(*batch))
-                                .filter(batch_upload_items::id.eq_any(chunk_ids)),
-                        )
-                        .execute(&mut *self.0)$($aw)*?;
+                    use $crate::db::sql::coalesce;
+                    use diesel::upsert::excluded;
+                    for chunk in updates.chunks(CHUNK) {
                         let values: Vec<NewBatchItem<'_>> = chunk
                             .iter()
                             .map(|u| NewBatchItem {
@@ -339,9 +334,18 @@ macro_rules! mysql_layout {
                                 ttl_offset: u.ttl.map(|t| t as i32),
                             })
                             .collect();
-                        diesel::insert_into(batch_upload_items::table)
-                            .values(values)
-                            .execute(&mut *self.0)$($aw)*?;
+                        use batch_upload_items::{payload, payload_size, sortindex, ttl_offset};
+                        // `BsoUpdate::merged_with`: what the record leaves out stays staged.
+                        $crate::db::sql::mysql_layout::mysql_layout!(
+                            @upsert $upsert, batch_upload_items::table, &mut *self.0, values,
+                            (
+                                sortindex.eq(coalesce(excluded(sortindex), sortindex)),
+                                payload.eq(coalesce(excluded(payload), payload)),
+                                payload_size.eq(coalesce(excluded(payload_size), payload_size)),
+                                ttl_offset.eq(coalesce(excluded(ttl_offset), ttl_offset)),
+                            ),
+                            [$($aw)*]
+                        );
                     }
                     Ok(())
                 }

@@ -519,13 +519,15 @@ macro_rules! sql_statements {
                     BatchTables::create_batch(self, scope).await
                 }
 
+                const MERGES_STAGED: bool = true;
+
                 async fn put_staged(
                     &mut self,
                     scope: &Scope<i64>,
                     batch: &Batch,
-                    merged: &[BsoUpdate],
+                    updates: &[BsoUpdate],
                 ) -> ApiResult<()> {
-                    BatchTables::put_staged(self, scope, batch, merged).await
+                    BatchTables::put_staged(self, scope, batch, updates).await
                 }
 
                 async fn drop_batch(&mut self, scope: &Scope<i64>, batch: &Batch) -> ApiResult<()> {
