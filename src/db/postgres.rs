@@ -288,6 +288,8 @@ mod layout {
                 .collect())
         }
 
+        const MERGES_STAGED: bool = true;
+
         async fn put_staged(
             &mut self,
             scope: &Scope<i64>,

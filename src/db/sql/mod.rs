@@ -123,8 +123,11 @@ pub trait BatchTables: Send {
         batch: &Self::Batch,
         which: Staged<'_>,
     ) -> impl Future<Output = ApiResult<Vec<BsoUpdate>>> + Send;
-    /// Stages records, merging each with the staged row of its id in the statement (the
-    /// fields it leaves out are kept: `WriteTx::MERGES_STAGED`).
+    /// Whether `put_staged` merges each record with the staged row of its id in the statement
+    /// (`WriteTx::MERGES_STAGED`).
+    const MERGES_STAGED: bool;
+    /// Stages records: merged in the statement (`MERGES_STAGED`), else replacing the staged
+    /// rows of their ids.
     fn put_staged(
         &mut self,
         scope: &Scope<i64>,

@@ -6,7 +6,7 @@
 //! arguments as `sql_statements!`.
 
 macro_rules! mysql_layout {
-    // An upsert (records, staged records): one statement per row, on the primary key (SQLite,
+    // An upsert (records; on MySQL staged records too): one statement per row, on the primary key (SQLite,
     // whose statements cost no round trip and whose dialect has no multi-row upsert in diesel),
     // or one for all rows with ON DUPLICATE KEY UPDATE (MySQL).
     (@upsert per_row, $table:path, $conn:expr, $values:expr, $changes:expr, [$($aw:tt)*]) => {
@@ -30,6 +30,41 @@ macro_rules! mysql_layout {
             .set($changes)
             .execute($conn)$($aw)*?;
     };
+    // Staging records in a batch. MySQL: one upsert that merges each with its staged row
+    // (`BsoUpdate::merged_with` in SQL: a field the record leaves out stays), so a batch POST
+    // reads nothing first. SQLite: the caller merged them; the staged rows are replaced by a
+    // delete and a multi-row insert (three statements cost less there than a statement per row,
+    // measured: writes 0.96x with per-row upserts).
+    (@merges_staged per_row) => { false };
+    (@merges_staged duplicate_keys) => { true };
+    (@stage per_row, $conn:expr, $scope:expr, $batch:expr, $chunk:expr, $values:expr, [$($aw:tt)*]) => {
+        let chunk_ids: Vec<&str> = $chunk.iter().map(|u| u.id.as_str()).collect();
+        diesel::delete(
+            batch_upload_items::table
+                .filter(batch_upload_items::userid.eq($scope.user))
+                .filter(batch_upload_items::batch.eq($batch))
+                .filter(batch_upload_items::id.eq_any(chunk_ids)),
+        )
+        .execute($conn)$($aw)*?;
+        diesel::insert_into(batch_upload_items::table)
+            .values($values)
+            .execute($conn)$($aw)*?;
+    };
+    (@stage duplicate_keys, $conn:expr, $scope:expr, $batch:expr, $chunk:expr, $values:expr, [$($aw:tt)*]) => {{
+        use $crate::db::sql::coalesce;
+        use batch_upload_items::{payload, payload_size, sortindex, ttl_offset};
+        use diesel::upsert::excluded;
+        $crate::db::sql::mysql_layout::mysql_layout!(
+            @upsert duplicate_keys, batch_upload_items::table, $conn, $values,
+            (
+                sortindex.eq(coalesce(excluded(sortindex), sortindex)),
+                payload.eq(coalesce(excluded(payload), payload)),
+                payload_size.eq(coalesce(excluded(payload_size), payload_size)),
+                ttl_offset.eq(coalesce(excluded(ttl_offset), ttl_offset)),
+            ),
+            [$($aw)*]
+        );
+    }};
     (
         conn = $Conn:ty, db = $Db:ty, staged_bytes_sum = $staged_bytes_sum:expr,
         upsert = $upsert:ident, run = $Run:path, [$($aw:tt)*]
@@ -313,14 +348,15 @@ macro_rules! mysql_layout {
                         .collect())
                 }
 
+                const MERGES_STAGED: bool =
+                    $crate::db::sql::mysql_layout::mysql_layout!(@merges_staged $upsert);
+
                 async fn put_staged(
                     &mut self,
                     scope: &Scope<i64>,
                     batch: &BatchKey,
                     updates: &[BsoUpdate],
                 ) -> ApiResult<()> {
-                    use $crate::db::sql::coalesce;
-                    use diesel::upsert::excluded;
                     for chunk in updates.chunks(CHUNK) {
                         let values: Vec<NewBatchItem<'_>> = chunk
                             .iter()
@@ -334,16 +370,8 @@ macro_rules! mysql_layout {
                                 ttl_offset: u.ttl.map(|t| t as i32),
                             })
                             .collect();
-                        use batch_upload_items::{payload, payload_size, sortindex, ttl_offset};
-                        // `BsoUpdate::merged_with`: what the record leaves out stays staged.
                         $crate::db::sql::mysql_layout::mysql_layout!(
-                            @upsert $upsert, batch_upload_items::table, &mut *self.0, values,
-                            (
-                                sortindex.eq(coalesce(excluded(sortindex), sortindex)),
-                                payload.eq(coalesce(excluded(payload), payload)),
-                                payload_size.eq(coalesce(excluded(payload_size), payload_size)),
-                                ttl_offset.eq(coalesce(excluded(ttl_offset), ttl_offset)),
-                            ),
+                            @stage $upsert, &mut *self.0, scope, *batch, chunk, values,
                             [$($aw)*]
                         );
                     }

@@ -519,7 +519,7 @@ macro_rules! sql_statements {
                     BatchTables::create_batch(self, scope).await
                 }
 
-                const MERGES_STAGED: bool = true;
+                const MERGES_STAGED: bool = <Self as BatchTables>::MERGES_STAGED;
 
                 async fn put_staged(
                     &mut self,
