@@ -713,6 +713,24 @@ async fn a_batch_of_another_user_or_collection_is_refused() {
     assert_eq!(b.get(&alice, "c", "a").await.unwrap().payload, "alice");
 }
 
+// The request that starts a batch is held to max_total_records / max_total_bytes too (its
+// totals are counted without a statement: the batch is new), and stages nothing when refused.
+#[tokio::test]
+async fn a_batch_start_over_the_limits_is_refused() {
+    let b = Backend::with(with_batch_limits(3, 1_000)).await;
+    let u = b.user();
+    let four = ["a", "b", "c", "d"].map(|id| rec(id, "x")).to_vec();
+    let e = b.try_post(&u, "c", four, BatchRequest::Start).await;
+    assert_eq!(err_kind(e), ErrorKind::SizeLimit);
+    let big = vec![rec("a", &"x".repeat(600)), rec("b", &"y".repeat(401))];
+    let e = b.try_post(&u, "c", big, BatchRequest::Start).await;
+    assert_eq!(err_kind(e), ErrorKind::SizeLimit);
+    let fits = vec![rec("a", &"x".repeat(600)), rec("b", &"y".repeat(400))];
+    let id = b.start_batch(&u, "c", fits).await;
+    b.post(&u, "c", vec![], BatchRequest::Commit(id)).await;
+    assert_eq!(b.ids(&u, "c").await, strs(&["a", "b"]));
+}
+
 // Beyond upstream: max_total_records / max_total_bytes hold on what a batch actually stages
 // (400, code 17); the refused request stages nothing, the batch stays usable.
 #[tokio::test]

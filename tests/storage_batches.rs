@@ -1050,7 +1050,15 @@ async fn staged_bytes_count_toward_quota() {
 /// mutation budget).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn largest_advertised_batch_commits_atomically() {
-    let server = TestServer::start().await;
+    // The Spanner emulator takes about a minute for this commit (Spanner itself takes seconds),
+    // as long as the unit-of-work deadline (twice database_pool_connection_timeout there,
+    // database_request_timeout elsewhere): the test is about atomicity and the mutation
+    // budget, so it gives the commit longer rather than go 503 on a slow day.
+    let server = TestServer::start_with(|s| {
+        s.syncstorage.database_pool_connection_timeout = 300;
+        s.syncstorage.database_request_timeout = 600;
+    })
+    .await;
     let user = server.user(77);
     let config = user.get("/info/configuration").await.json();
     let total = config["max_total_records"].as_u64().unwrap() as usize;

@@ -208,6 +208,7 @@ pub trait WriteTx: ReadTx {
         &mut self,
         scope: &Scope<Self::User>,
     ) -> impl Future<Output = ApiResult<()>> + Send;
+    /// A new batch, with nothing staged (`units::stage` counts on it).
     fn create_batch(
         &mut self,
         scope: &Scope<Self::User>,

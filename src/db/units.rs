@@ -658,23 +658,32 @@ async fn finish_write<T: WriteTx>(
 // ---- batches ----
 
 /// Stages `updates`, merging field by field with what the batch already holds, and keeps the
-/// batch within max_total_records / max_total_bytes (400, code 17) and the quota.
+/// batch within max_total_records / max_total_bytes (400, code 17) and the quota. `fresh`: the
+/// batch was created by this request (`create_batch`: empty), so there is nothing to merge
+/// with and its totals are these records' (ids are unique within a request).
 async fn stage<T: WriteTx>(
     tx: &mut T,
     scope: &Scope<T::User>,
     config: &StorageConfig,
     batch: &T::Batch,
     updates: &[BsoUpdate],
+    fresh: bool,
 ) -> ApiResult<()> {
-    if T::MERGES_STAGED {
+    let (records, bytes) = if fresh {
         tx.put_staged(scope, batch, updates).await?;
+        let bytes = updates.iter().map(|u| u.payload_bytes() as i64).sum();
+        (updates.len() as i64, bytes)
     } else {
-        let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-        let staged = tx.staged_items(scope, batch, Staged::Ids(&ids)).await?;
-        let merged = rules::merge_staged(staged, updates);
-        tx.put_staged(scope, batch, &merged).await?;
-    }
-    let (records, bytes) = tx.staged_totals(scope, batch).await?;
+        if T::MERGES_STAGED {
+            tx.put_staged(scope, batch, updates).await?;
+        } else {
+            let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
+            let staged = tx.staged_items(scope, batch, Staged::Ids(&ids)).await?;
+            let merged = rules::merge_staged(staged, updates);
+            tx.put_staged(scope, batch, &merged).await?;
+        }
+        tx.staged_totals(scope, batch).await?
+    };
     rules::check_batch_totals(&config.limits, records, bytes)?;
     // Staged bytes count toward quota; re-sent ids replaced their earlier bytes above.
     check_quota(tx, scope, config, bytes).await
@@ -778,12 +787,12 @@ pub async fn post_bsos<T: WriteTx>(
         }
         BatchRequest::Start => {
             let batch = tx.create_batch(scope).await?;
-            stage(tx, scope, config, &batch, &items.valid).await?;
+            stage(tx, scope, config, &batch, &items.valid, true).await?;
             (scope.collection_ts, Some(T::encode_batch(&batch)))
         }
         BatchRequest::Append(id) => {
             let batch = tx.find_batch(scope, id).await?;
-            stage(tx, scope, config, &batch, &items.valid).await?;
+            stage(tx, scope, config, &batch, &items.valid, false).await?;
             (scope.collection_ts, Some(id.clone()))
         }
         BatchRequest::Commit(id) => {

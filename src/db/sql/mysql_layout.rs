@@ -6,9 +6,9 @@
 //! arguments as `sql_statements!`.
 
 macro_rules! mysql_layout {
-    // An upsert (records; on MySQL staged records too): one statement per row, on the primary key (SQLite,
-    // whose statements cost no round trip and whose dialect has no multi-row upsert in diesel),
-    // or one for all rows with ON DUPLICATE KEY UPDATE (MySQL).
+    // An upsert (of records; on MySQL of staged records too): one statement per row, on the
+    // primary key (SQLite, whose statements cost no round trip and whose dialect has no
+    // multi-row upsert in diesel), or one for all rows with ON DUPLICATE KEY UPDATE (MySQL).
     (@upsert per_row, $table:path, $conn:expr, $values:expr, $changes:expr, [$($aw:tt)*]) => {
         for value in $values {
             // One row: the same text every time.
@@ -424,21 +424,17 @@ macro_rules! mysql_layout {
                     self.drop_batches(scope.user, expired).await?;
                     let first = batch_id::numeric_id(now, scope.user as u64);
                     for candidate in first..first + 5 {
-                        let taken: Option<i64> = batch_uploads::table
-                            .find((candidate, scope.user))
-                            .select(batch_uploads::batch)
-                            .first(&mut *self.0)$($aw)*
-                            .optional()?;
-                        if taken.is_some() {
-                            continue;
-                        }
-                        diesel::insert_into(batch_uploads::table)
+                        // An id that is taken inserts nothing (one statement, not a read first).
+                        let inserted = diesel::insert_or_ignore_into(batch_uploads::table)
                             .values((
                                 batch_uploads::batch.eq(candidate),
                                 batch_uploads::userid.eq(scope.user),
                                 batch_uploads::collection.eq(scope.cid),
                             ))
                             .execute(&mut *self.0)$($aw)*?;
+                        if inserted == 0 {
+                            continue;
+                        }
                         // A reused id (possible with this scheme) must start empty.
                         diesel::delete(
                             batch_upload_items::table
