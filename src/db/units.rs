@@ -669,24 +669,27 @@ async fn stage<T: WriteTx>(
     updates: &[BsoUpdate],
     fresh: bool,
 ) -> ApiResult<()> {
-    let (records, bytes) = if fresh {
+    if fresh || T::MERGES_STAGED {
         tx.put_staged(scope, batch, updates).await?;
-        let bytes = updates.iter().map(|u| u.payload_bytes() as i64).sum();
-        (updates.len() as i64, bytes)
     } else {
-        if T::MERGES_STAGED {
-            tx.put_staged(scope, batch, updates).await?;
-        } else {
-            let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
-            let staged = tx.staged_items(scope, batch, Staged::Ids(&ids)).await?;
-            let merged = rules::merge_staged(staged, updates);
-            tx.put_staged(scope, batch, &merged).await?;
-        }
+        let ids: Vec<String> = updates.iter().map(|u| u.id.clone()).collect();
+        let staged = tx.staged_items(scope, batch, Staged::Ids(&ids)).await?;
+        let merged = rules::merge_staged(staged, updates);
+        tx.put_staged(scope, batch, &merged).await?;
+    }
+    let (records, bytes) = if fresh {
+        (updates.len() as i64, payload_bytes(updates))
+    } else {
         tx.staged_totals(scope, batch).await?
     };
     rules::check_batch_totals(&config.limits, records, bytes)?;
     // Staged bytes count toward quota; re-sent ids replaced their earlier bytes above.
     check_quota(tx, scope, config, bytes).await
+}
+
+/// Payload bytes of records, as the batch limits and the quota count them.
+fn payload_bytes(updates: &[BsoUpdate]) -> i64 {
+    updates.iter().map(|u| u.payload_bytes() as i64).sum()
 }
 
 /// Applies everything staged, and the commit request's own records, with one T (every record
@@ -729,7 +732,7 @@ async fn commit_batch<T: WriteTx>(
             })
             .collect();
         records += merged.len() as i64;
-        bytes += merged.iter().map(|u| u.payload_bytes() as i64).sum::<i64>();
+        bytes += payload_bytes(&merged);
         apply_updates(tx, scope, &merged, ModifiedRule::Always).await?;
         if last_chunk {
             break;
@@ -741,7 +744,7 @@ async fn commit_batch<T: WriteTx>(
         .cloned()
         .collect();
     records += rest.len() as i64;
-    bytes += rest.iter().map(|u| u.payload_bytes() as i64).sum::<i64>();
+    bytes += payload_bytes(&rest);
     apply_updates(tx, scope, &rest, ModifiedRule::Always).await?;
     rules::check_batch_totals(&config.limits, records, bytes)?;
     if config.enable_quota {
